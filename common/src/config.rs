@@ -119,12 +119,13 @@ impl VdiskConfig {
                 });
             }
         }
-        let vdisk: VdiskConfig = table.try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Syntax {
-                origin: format!("--vdisk {spec}"),
-                message: e.message().to_string(),
-            }
-        })?;
+        let vdisk: VdiskConfig =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: format!("--vdisk {spec}"),
+                    message: e.message().to_string(),
+                })?;
         vdisk.validate()?;
         Ok(vdisk)
     }
@@ -191,7 +192,9 @@ fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
     }
     match Size::deserialize(d)? {
         Size::Bytes(n) => Ok(Some(n)),
-        Size::Text(text) => parse_size(&text).map(Some).map_err(serde::de::Error::custom),
+        Size::Text(text) => parse_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -224,9 +227,15 @@ impl HostConfig {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: HostConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            origin: origin.to_string(),
-            message: e.to_string(),
+        let config: HostConfig = toml::from_str(text).map_err(|e| {
+            // One line: "file:line:column: message".
+            let at = e.span().map_or(0, |s| s.start).min(text.len());
+            let line = text[..at].matches('\n').count() + 1;
+            let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+            ConfigError::Syntax {
+                origin: format!("{origin}:{line}:{column}"),
+                message: e.message().to_string(),
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -341,7 +350,10 @@ mod tests {
         let err = HostConfig::from_toml(&dup, "test").expect_err("dup path");
         assert!(err.to_string().contains("image path"), "{err}");
         let err = HostConfig::from_toml("[[vdisk]]\nname = 3", "cfg.toml").expect_err("bad");
-        assert!(err.to_string().starts_with("cfg.toml:"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "cfg.toml:2:8: invalid type: integer `3`, expected a string"
+        );
     }
 
     proptest! {

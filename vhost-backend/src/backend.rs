@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::queue::{GuestMemAtomic, QueueWorker, Vring, MAX_QUEUE_SIZE};
 use crate::vdisk::Vdisk;
@@ -30,7 +32,12 @@ impl VdiskBackend {
         let queues = (0..vdisk.shape.num_queues)
             .map(|index| {
                 let engine = vdisk.engine.new_queue(index)?;
-                Ok(Mutex::new(QueueWorker::new(vdisk.clone(), index, engine, mem.clone())))
+                Ok(Mutex::new(QueueWorker::new(
+                    vdisk.clone(),
+                    index,
+                    engine,
+                    mem.clone(),
+                )))
             })
             .collect::<io::Result<_>>()?;
         Ok(VdiskBackend { vdisk, queues })
@@ -130,7 +137,9 @@ impl VhostUserBackend for VdiskBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.vdisk.shape.num_queues).map(|q| 1u64 << q).collect()
+        (0..self.vdisk.shape.num_queues)
+            .map(|q| 1u64 << q)
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {

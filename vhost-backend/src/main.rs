@@ -28,12 +28,16 @@ use crate::vdisk::Vdisk;
 
 /// Strata's per-host vhost-user-blk daemon.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = "\
+#[command(
+    version,
+    about,
+    after_help = "\
 VDISK SPEC: name=NAME,path=IMAGE[,size=8G][,socket=PATH][,queues=N][,block-size=512|4096]\
 [,read-only][,cache=writeback|writethrough]
 
 Example:
-  strata-host --vdisk name=d0,path=/var/lib/strata/d0.img,size=8G,socket=/run/strata/d0.sock")]
+  strata-host --vdisk name=d0,path=/var/lib/strata/d0.img,size=8G,socket=/run/strata/d0.sock"
+)]
 struct Args {
     /// TOML file with one [[vdisk]] table per vdisk.
     #[arg(long, value_name = "FILE")]
@@ -82,6 +86,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("no vdisks to serve: give --vdisk or --config (see --help)");
     }
 
+    // Before anything is created on disk.
+    for vdisk in &config.vdisk {
+        VdiskServer::check_socket_free(&vdisk.name, &vdisk.socket_path())?;
+    }
     let mut servers = Vec::new();
     for vdisk_config in &config.vdisk {
         let image = RawImage::open(

@@ -10,8 +10,8 @@ use std::io;
 use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueT;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use virtio_queue::QueueT;
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryLoadGuard,
     GuestMemoryMmap, Permissions,
@@ -135,6 +135,7 @@ impl QueueWorker {
     }
 
     fn pop_all(&mut self, vring: &Vring) {
+        let queue_size = vring.get_ref().get_queue().size();
         while !self.stopped {
             let Some(slot) = self.take_slot() else {
                 // Every slot is busy: the rest waits for completions.
@@ -149,7 +150,8 @@ impl QueueWorker {
                 self.free.push(slot);
                 break;
             };
-            self.start(slot, chain.head_index(), chain.map(Descriptor::from), mem);
+            let head = chain.head_index();
+            self.start(slot, head, chain.map(Descriptor::from), mem, queue_size);
         }
     }
 
@@ -171,14 +173,17 @@ impl QueueWorker {
         head: u16,
         descs: impl Iterator<Item = Descriptor>,
         mem: GuestMemoryLoadGuard<GuestMem>,
+        queue_size: u16,
     ) {
-        let limits = self.vdisk.limits();
+        let limits = self.vdisk.limits(queue_size);
         let slot = &mut self.slots[tag as usize];
         slot.head = head;
         slot.pending = 0;
         slot.failed = false;
         slot.used_len = 1;
-        if let Err(rejection) = request::parse(descs, &*mem, &limits, &mut self.scratch, &mut slot.req) {
+        if let Err(rejection) =
+            request::parse(descs, &*mem, &limits, &mut self.scratch, &mut slot.req)
+        {
             if let Some(dropped) = self.vdisk.complaints.allow() {
                 tracing::warn!(vdisk = %self.vdisk.name, queue = self.index, head, reason = rejection.reason,
                     status = rejection.code, suppressed = dropped, "bad request from the guest");
@@ -212,7 +217,7 @@ impl QueueWorker {
         let req = &slot.req;
         let op = match req.kind {
             RequestKind::Read | RequestKind::Write => {
-                host_buffers(&**mem, &req.data, &mut self.bufs)?;
+                host_buffers(mem, &req.data, &mut self.bufs)?;
                 if req.kind == RequestKind::Read {
                     slot.used_len = req.data_len + 1;
                     BlockOp::Read {
@@ -223,13 +228,16 @@ impl QueueWorker {
                     BlockOp::Write {
                         offset: req.offset,
                         bufs: &self.bufs,
-                        durable: !self.vdisk.writeback.load(std::sync::atomic::Ordering::Relaxed),
+                        durable: !self
+                            .vdisk
+                            .writeback
+                            .load(std::sync::atomic::Ordering::Relaxed),
                     }
                 }
             }
             RequestKind::Flush => BlockOp::Flush,
             RequestKind::GetId => {
-                slot.used_len = write_serial(&**mem, &req.data, &self.vdisk.serial)? + 1;
+                slot.used_len = write_serial(mem, &req.data, &self.vdisk.serial)? + 1;
                 return Ok(());
             }
             RequestKind::Discard | RequestKind::WriteZeroes => {

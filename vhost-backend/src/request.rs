@@ -33,6 +33,10 @@ pub struct Descriptor {
     pub len: u32,
     /// The device may write it (VIRTQ_DESC_F_WRITE).
     pub device_writable: bool,
+    /// It names a next descriptor (VIRTQ_DESC_F_NEXT). True on the last
+    /// descriptor walked means the walk was cut short: a loop, or a chain
+    /// longer than the queue.
+    pub has_next: bool,
 }
 
 impl From<virtio_queue::desc::split::Descriptor> for Descriptor {
@@ -41,6 +45,7 @@ impl From<virtio_queue::desc::split::Descriptor> for Descriptor {
             addr: d.addr().0,
             len: d.len(),
             device_writable: d.is_write_only(),
+            has_next: d.has_next(),
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct Limits {
     pub max_ranges: u32,
     /// Most sectors in one discard or write-zeroes segment.
     pub max_range_sectors: u32,
+    /// Most descriptors in one chain: the queue size.
+    pub max_descriptors: usize,
 }
 
 #[repr(C)]
@@ -150,8 +157,18 @@ pub fn parse<M: GuestMemory>(
         .unwrap_or(scratch.len());
     let (readable, writable) = scratch.split_at(first_writable);
 
-    // Status: the last byte of the writable part.
-    let status = last_byte(writable).filter(|a| mem.check_range(*a, 1, Permissions::Write));
+    // A walk cut short (loop, over-long chain) is not a request at all, and
+    // its "last" descriptor is arbitrary: never write into it.
+    if scratch.last().is_some_and(|d| d.has_next) {
+        return Err(Rejection {
+            status: None,
+            code: VIRTIO_BLK_S_IOERR as u8,
+            reason: "descriptor chain loops or is longer than the queue",
+        });
+    }
+
+    // Status: the last byte of the chain, which must be device-writable.
+    let status = last_byte(scratch).filter(|a| mem.check_range(*a, 1, Permissions::Write));
     let reject = |code: u32, reason| Rejection {
         status,
         code: code as u8,
@@ -159,6 +176,13 @@ pub fn parse<M: GuestMemory>(
     };
     let status = status.ok_or(reject(VIRTIO_BLK_S_IOERR, "no writable status byte"))?;
     req.status = status;
+    if scratch.len() > limits.max_descriptors {
+        // An indirect table may be longer than the queue; the spec forbids it.
+        return Err(reject(
+            VIRTIO_BLK_S_IOERR,
+            "descriptor chain longer than the queue",
+        ));
+    }
     if writable.iter().any(|d| !d.device_writable) {
         return Err(reject(
             VIRTIO_BLK_S_IOERR,
@@ -169,7 +193,10 @@ pub fn parse<M: GuestMemory>(
         .iter()
         .any(|d| !mem.check_range(GuestAddress(d.addr), d.len as usize, access(d)))
     {
-        return Err(reject(VIRTIO_BLK_S_IOERR, "descriptor outside guest memory"));
+        return Err(reject(
+            VIRTIO_BLK_S_IOERR,
+            "descriptor outside guest memory",
+        ));
     }
 
     let mut header = [0u8; HEADER_LEN as usize];
@@ -211,7 +238,10 @@ pub fn parse<M: GuestMemory>(
                 (readable, HEADER_LEN, out_len, in_len)
             };
             if stray != 0 {
-                return Err(reject(VIRTIO_BLK_S_IOERR, "data buffer in the wrong direction"));
+                return Err(reject(
+                    VIRTIO_BLK_S_IOERR,
+                    "data buffer in the wrong direction",
+                ));
             }
             if len % SECTOR_SIZE != 0 {
                 return Err(reject(
@@ -219,11 +249,18 @@ pub fn parse<M: GuestMemory>(
                     "data length not a multiple of 512",
                 ));
             }
-            let len = u32::try_from(len).map_err(|_| reject(VIRTIO_BLK_S_IOERR, "data too long"))?;
+            let len =
+                u32::try_from(len).map_err(|_| reject(VIRTIO_BLK_S_IOERR, "data too long"))?;
             let offset = sector
                 .checked_mul(SECTOR_SIZE)
-                .filter(|o| o.checked_add(u64::from(len)).is_some_and(|end| end <= limits.capacity))
-                .ok_or(reject(VIRTIO_BLK_S_IOERR, "sectors past the end of the vdisk"))?;
+                .filter(|o| {
+                    o.checked_add(u64::from(len))
+                        .is_some_and(|end| end <= limits.capacity)
+                })
+                .ok_or(reject(
+                    VIRTIO_BLK_S_IOERR,
+                    "sectors past the end of the vdisk",
+                ))?;
             req.offset = offset;
             req.data_len = len;
             collect_data(data_descs, skip, len, &mut req.data);
@@ -236,7 +273,10 @@ pub fn parse<M: GuestMemory>(
         }
         RequestKind::Discard | RequestKind::WriteZeroes => {
             if in_len != 0 {
-                return Err(reject(VIRTIO_BLK_S_IOERR, "data buffer in the wrong direction"));
+                return Err(reject(
+                    VIRTIO_BLK_S_IOERR,
+                    "data buffer in the wrong direction",
+                ));
             }
             if out_len == 0 || out_len % u64::from(RANGE_LEN) != 0 {
                 return Err(reject(
@@ -246,7 +286,10 @@ pub fn parse<M: GuestMemory>(
             }
             let count = out_len / u64::from(RANGE_LEN);
             if count > u64::from(limits.max_ranges) {
-                return Err(reject(VIRTIO_BLK_S_IOERR, "too many discard/write-zeroes segments"));
+                return Err(reject(
+                    VIRTIO_BLK_S_IOERR,
+                    "too many discard/write-zeroes segments",
+                ));
             }
             for i in 0..count {
                 let mut wire = RangeWire::default();
@@ -266,13 +309,19 @@ pub fn parse<M: GuestMemory>(
                 }
                 let num_sectors = u32::from_le(wire.num_sectors);
                 if num_sectors > limits.max_range_sectors {
-                    return Err(reject(VIRTIO_BLK_S_IOERR, "discard/write-zeroes segment too long"));
+                    return Err(reject(
+                        VIRTIO_BLK_S_IOERR,
+                        "discard/write-zeroes segment too long",
+                    ));
                 }
                 let len = u64::from(num_sectors) * SECTOR_SIZE;
                 let offset = u64::from_le(wire.sector)
                     .checked_mul(SECTOR_SIZE)
                     .filter(|o| o.checked_add(len).is_some_and(|end| end <= limits.capacity))
-                    .ok_or(reject(VIRTIO_BLK_S_IOERR, "sectors past the end of the vdisk"))?;
+                    .ok_or(reject(
+                        VIRTIO_BLK_S_IOERR,
+                        "sectors past the end of the vdisk",
+                    ))?;
                 req.ranges.push(ByteRange {
                     offset,
                     len,
@@ -298,9 +347,13 @@ fn total_len(descs: &[Descriptor]) -> u64 {
     descs.iter().map(|d| u64::from(d.len)).sum()
 }
 
-/// Address of the last byte of the chain part, if it has any bytes.
+/// Address of the chain's last byte, if the last non-empty descriptor is
+/// device-writable.
 fn last_byte(descs: &[Descriptor]) -> Option<GuestAddress> {
     let last = descs.iter().rev().find(|d| d.len > 0)?;
+    if !last.device_writable {
+        return None;
+    }
     last.addr
         .checked_add(u64::from(last.len) - 1)
         .map(GuestAddress)
@@ -372,6 +425,7 @@ mod tests {
             read_only: false,
             max_ranges: 4,
             max_range_sectors: 1 << 16,
+            max_descriptors: 16,
         }
     }
 
@@ -380,36 +434,77 @@ mod tests {
         h[..4].copy_from_slice(&kind.to_le_bytes());
         h[8..].copy_from_slice(&sector.to_le_bytes());
         mem.write_slice(&h, GuestAddress(at)).expect("write header");
-        Descriptor { addr: at, len: 16, device_writable: false }
+        Descriptor {
+            addr: at,
+            len: 16,
+            device_writable: false,
+            has_next: true,
+        }
     }
 
     fn d(addr: u64, len: u32, device_writable: bool) -> Descriptor {
-        Descriptor { addr, len, device_writable }
+        Descriptor {
+            addr,
+            len,
+            device_writable,
+            has_next: true,
+        }
     }
 
-    fn run(mem: &GuestMemoryMmap<()>, chain: &[Descriptor], limits: &Limits) -> Result<Request, Rejection> {
+    fn run(
+        mem: &GuestMemoryMmap<()>,
+        chain: &[Descriptor],
+        limits: &Limits,
+    ) -> Result<Request, Rejection> {
         let mut req = Request::default();
         let mut scratch = Vec::new();
-        parse(chain.iter().copied(), mem, limits, &mut scratch, &mut req).map(|()| req)
+        // Well-formed chains end in a descriptor without NEXT.
+        let mut chain = chain.to_vec();
+        if let Some(last) = chain.last_mut() {
+            last.has_next = false;
+        }
+        parse(chain.into_iter(), mem, limits, &mut scratch, &mut req).map(|()| req)
     }
 
     #[test]
     fn well_formed_read_and_write() {
         let m = mem();
-        let r = run(&m, &[header(&m, 0, VIRTIO_BLK_T_IN, 8), d(4096, 4096, true), d(100, 1, true)], &limits())
-            .expect("read");
-        assert_eq!((r.kind, r.offset, r.data_len), (RequestKind::Read, 4096, 4096));
+        let r = run(
+            &m,
+            &[
+                header(&m, 0, VIRTIO_BLK_T_IN, 8),
+                d(4096, 4096, true),
+                d(100, 1, true),
+            ],
+            &limits(),
+        )
+        .expect("read");
+        assert_eq!(
+            (r.kind, r.offset, r.data_len),
+            (RequestKind::Read, 4096, 4096)
+        );
         assert_eq!(r.data, vec![(GuestAddress(4096), 4096)]);
         assert_eq!(r.status, GuestAddress(100));
 
         let w = run(
             &m,
-            &[header(&m, 0, VIRTIO_BLK_T_OUT, 1), d(4096, 512, false), d(8192, 1024, false), d(100, 1, true)],
+            &[
+                header(&m, 0, VIRTIO_BLK_T_OUT, 1),
+                d(4096, 512, false),
+                d(8192, 1024, false),
+                d(100, 1, true),
+            ],
             &limits(),
         )
         .expect("write");
-        assert_eq!((w.kind, w.offset, w.data_len), (RequestKind::Write, 512, 1536));
-        assert_eq!(w.data, vec![(GuestAddress(4096), 512), (GuestAddress(8192), 1024)]);
+        assert_eq!(
+            (w.kind, w.offset, w.data_len),
+            (RequestKind::Write, 512, 1536)
+        );
+        assert_eq!(
+            w.data,
+            vec![(GuestAddress(4096), 512), (GuestAddress(8192), 1024)]
+        );
     }
 
     #[test]
@@ -424,7 +519,12 @@ mod tests {
         assert_eq!(w.data, vec![(GuestAddress(16), 512)]);
         assert_eq!(w.offset, 3 * 512);
         // Read data and status in one writable descriptor.
-        let r = run(&m, &[header(&m, 0, VIRTIO_BLK_T_IN, 0), d(4096, 513, true)], &limits()).expect("read");
+        let r = run(
+            &m,
+            &[header(&m, 0, VIRTIO_BLK_T_IN, 0), d(4096, 513, true)],
+            &limits(),
+        )
+        .expect("read");
         assert_eq!(r.data, vec![(GuestAddress(4096), 512)]);
         assert_eq!(r.status, GuestAddress(4096 + 512));
     }
@@ -447,17 +547,87 @@ mod tests {
         let ioerr = VIRTIO_BLK_S_IOERR as u8;
         let cases: Vec<(Vec<Descriptor>, u8, &str)> = vec![
             (vec![d(0, 8, false), st], ioerr, "header too short"),
-            (vec![d(0, 16, true), d(200, 1, true)], ioerr, "header too short"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(4096, 512, false), st], ioerr, "wrong direction"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_OUT, 0), d(4096, 512, true), st], ioerr, "wrong direction"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(4096, 100, true), st], ioerr, "multiple of 512"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, 2048), d(4096, 512, true), st], ioerr, "past the end"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, 2047), d(4096, 1024, true), st], ioerr, "past the end"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, u64::MAX), d(4096, 512, true), st], ioerr, "past the end"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(MEM - 10, 512, true), st], ioerr, "outside guest memory"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(u64::MAX - 5, u32::MAX, true), st], ioerr, "outside guest memory"),
-            (vec![header(&m, 0, 99, 0), st], VIRTIO_BLK_S_UNSUPP as u8, "unknown request type"),
-            (vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), st, d(4096, 512, false)], ioerr, "after a writable"),
+            (
+                vec![d(0, 16, true), d(200, 1, true)],
+                ioerr,
+                "header too short",
+            ),
+            (
+                vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(4096, 512, false), st],
+                ioerr,
+                "wrong direction",
+            ),
+            (
+                vec![header(&m, 0, VIRTIO_BLK_T_OUT, 0), d(4096, 512, true), st],
+                ioerr,
+                "wrong direction",
+            ),
+            (
+                vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(4096, 100, true), st],
+                ioerr,
+                "multiple of 512",
+            ),
+            (
+                vec![header(&m, 0, VIRTIO_BLK_T_IN, 2048), d(4096, 512, true), st],
+                ioerr,
+                "past the end",
+            ),
+            (
+                vec![
+                    header(&m, 0, VIRTIO_BLK_T_IN, 2047),
+                    d(4096, 1024, true),
+                    st,
+                ],
+                ioerr,
+                "past the end",
+            ),
+            (
+                vec![
+                    header(&m, 0, VIRTIO_BLK_T_IN, u64::MAX),
+                    d(4096, 512, true),
+                    st,
+                ],
+                ioerr,
+                "past the end",
+            ),
+            (
+                vec![
+                    header(&m, 0, VIRTIO_BLK_T_IN, 0),
+                    d(MEM - 10, 512, true),
+                    st,
+                ],
+                ioerr,
+                "outside guest memory",
+            ),
+            (
+                vec![
+                    header(&m, 0, VIRTIO_BLK_T_IN, 0),
+                    d(u64::MAX - 5, u32::MAX, true),
+                    st,
+                ],
+                ioerr,
+                "outside guest memory",
+            ),
+            (
+                vec![header(&m, 0, 99, 0), st],
+                VIRTIO_BLK_S_UNSUPP as u8,
+                "unknown request type",
+            ),
+            (
+                [vec![d(0, 1, false); 16], vec![st]].concat(),
+                ioerr,
+                "longer than the queue",
+            ),
+            (
+                vec![
+                    header(&m, 0, VIRTIO_BLK_T_IN, 0),
+                    st,
+                    d(4096, 512, false),
+                    st,
+                ],
+                ioerr,
+                "after a writable",
+            ),
         ];
         for (chain, code, reason) in cases {
             let r = rejected(&chain, &m, &l);
@@ -474,6 +644,11 @@ mod tests {
             vec![header(&m, 0, VIRTIO_BLK_T_IN, 0)],
             vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(100, 0, true)],
             vec![header(&m, 0, VIRTIO_BLK_T_IN, 0), d(MEM + 5, 1, true)],
+            vec![
+                header(&m, 0, VIRTIO_BLK_T_IN, 0),
+                d(100, 1, true),
+                d(4096, 512, false),
+            ],
             vec![],
         ] {
             let r = rejected(&chain, &m, &limits());
@@ -482,21 +657,67 @@ mod tests {
     }
 
     #[test]
+    fn cut_short_walks_are_never_answered() {
+        let m = mem();
+        let mut scratch = Vec::new();
+        let mut req = Request::default();
+        // A loop: the walk ends on a descriptor that still names a next one.
+        let chain = [
+            header(&m, 0, VIRTIO_BLK_T_IN, 0),
+            d(4096, 512, true),
+            d(100, 1, true),
+        ];
+        let r = parse(chain.into_iter(), &m, &limits(), &mut scratch, &mut req).expect_err("loop");
+        assert_eq!(r.status, None);
+        assert!(r.reason.contains("loops"), "{r:?}");
+    }
+
+    #[test]
     fn read_only_refuses_writes_but_reads() {
         let m = mem();
-        let l = Limits { read_only: true, ..limits() };
-        for kind in [VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
-            let r = rejected(&[header(&m, 0, kind, 0), d(4096, 512, false), d(100, 1, true)], &m, &l);
+        let l = Limits {
+            read_only: true,
+            ..limits()
+        };
+        for kind in [
+            VIRTIO_BLK_T_OUT,
+            VIRTIO_BLK_T_DISCARD,
+            VIRTIO_BLK_T_WRITE_ZEROES,
+        ] {
+            let r = rejected(
+                &[header(&m, 0, kind, 0), d(4096, 512, false), d(100, 1, true)],
+                &m,
+                &l,
+            );
             assert_eq!(r.code, VIRTIO_BLK_S_IOERR as u8);
         }
-        run(&m, &[header(&m, 0, VIRTIO_BLK_T_IN, 0), d(4096, 512, true), d(100, 1, true)], &l).expect("read");
-        run(&m, &[header(&m, 0, VIRTIO_BLK_T_FLUSH, 0), d(100, 1, true)], &l).expect("flush");
+        run(
+            &m,
+            &[
+                header(&m, 0, VIRTIO_BLK_T_IN, 0),
+                d(4096, 512, true),
+                d(100, 1, true),
+            ],
+            &l,
+        )
+        .expect("read");
+        run(
+            &m,
+            &[header(&m, 0, VIRTIO_BLK_T_FLUSH, 0), d(100, 1, true)],
+            &l,
+        )
+        .expect("flush");
     }
 
     fn ranges(m: &GuestMemoryMmap<()>, at: u64, segs: &[(u64, u32, u32)]) -> Descriptor {
         for (i, (sector, n, flags)) in segs.iter().enumerate() {
-            let w = RangeWire { sector: sector.to_le(), num_sectors: n.to_le(), flags: flags.to_le() };
-            m.write_obj(w, GuestAddress(at + 16 * i as u64)).expect("write seg");
+            let w = RangeWire {
+                sector: sector.to_le(),
+                num_sectors: n.to_le(),
+                flags: flags.to_le(),
+            };
+            m.write_obj(w, GuestAddress(at + 16 * i as u64))
+                .expect("write seg");
         }
         d(at, 16 * segs.len() as u32, false)
     }
@@ -507,30 +728,67 @@ mod tests {
         let st = d(100, 1, true);
         let r = run(
             &m,
-            &[header(&m, 0, VIRTIO_BLK_T_WRITE_ZEROES, 0), ranges(&m, 4096, &[(0, 8, 1), (100, 16, 0)]), st],
+            &[
+                header(&m, 0, VIRTIO_BLK_T_WRITE_ZEROES, 0),
+                ranges(&m, 4096, &[(0, 8, 1), (100, 16, 0)]),
+                st,
+            ],
             &limits(),
         )
         .expect("write zeroes");
         assert_eq!(
             r.ranges,
             vec![
-                ByteRange { offset: 0, len: 4096, unmap: true },
-                ByteRange { offset: 51200, len: 8192, unmap: false }
+                ByteRange {
+                    offset: 0,
+                    len: 4096,
+                    unmap: true
+                },
+                ByteRange {
+                    offset: 51200,
+                    len: 8192,
+                    unmap: false
+                }
             ]
         );
-        let bad: Vec<(u32, Vec<(u64, u32, u32)>, u32)> = vec![
+        type Segments = Vec<(u64, u32, u32)>;
+        let bad: Vec<(u32, Segments, u32)> = vec![
             (VIRTIO_BLK_T_DISCARD, vec![(0, 8, 1)], VIRTIO_BLK_S_UNSUPP),
-            (VIRTIO_BLK_T_WRITE_ZEROES, vec![(0, 8, 2)], VIRTIO_BLK_S_UNSUPP),
+            (
+                VIRTIO_BLK_T_WRITE_ZEROES,
+                vec![(0, 8, 2)],
+                VIRTIO_BLK_S_UNSUPP,
+            ),
             (VIRTIO_BLK_T_DISCARD, vec![(2047, 2, 0)], VIRTIO_BLK_S_IOERR),
-            (VIRTIO_BLK_T_DISCARD, vec![(u64::MAX / 2, 2, 0)], VIRTIO_BLK_S_IOERR),
-            (VIRTIO_BLK_T_DISCARD, vec![(0, 1 << 17, 0)], VIRTIO_BLK_S_IOERR),
+            (
+                VIRTIO_BLK_T_DISCARD,
+                vec![(u64::MAX / 2, 2, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                VIRTIO_BLK_T_DISCARD,
+                vec![(0, 1 << 17, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
             (VIRTIO_BLK_T_DISCARD, vec![(0, 1, 0); 5], VIRTIO_BLK_S_IOERR),
         ];
         for (kind, segs, code) in bad {
-            let r = rejected(&[header(&m, 0, kind, 0), ranges(&m, 4096, &segs), st], &m, &limits());
+            let r = rejected(
+                &[header(&m, 0, kind, 0), ranges(&m, 4096, &segs), st],
+                &m,
+                &limits(),
+            );
             assert_eq!(u32::from(r.code), code, "{kind} {segs:?}");
         }
-        let r = rejected(&[header(&m, 0, VIRTIO_BLK_T_DISCARD, 0), d(4096, 10, false), st], &m, &limits());
+        let r = rejected(
+            &[
+                header(&m, 0, VIRTIO_BLK_T_DISCARD, 0),
+                d(4096, 10, false),
+                st,
+            ],
+            &m,
+            &limits(),
+        );
         assert!(r.reason.contains("16-byte"), "{r:?}");
     }
 
@@ -539,8 +797,14 @@ mod tests {
             prop_oneof![0..MEM + 4096, any::<u64>()],
             prop_oneof![0u32..8192, any::<u32>()],
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(addr, len, device_writable)| Descriptor { addr, len, device_writable })
+            .prop_map(|(addr, len, device_writable, has_next)| Descriptor {
+                addr,
+                len,
+                device_writable,
+                has_next,
+            })
     }
 
     proptest! {

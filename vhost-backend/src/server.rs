@@ -26,22 +26,35 @@ pub struct VdiskServer {
 }
 
 impl VdiskServer {
-    /// Binds the vdisk's socket. Refuses a socket another process listens on.
-    pub fn bind(vdisk: Arc<Vdisk>, socket: &Path) -> anyhow::Result<Self> {
+    /// Fails if another process listens on `socket`.
+    pub fn check_socket_free(name: &str, socket: &Path) -> anyhow::Result<()> {
         if UnixStream::connect(socket).is_ok() {
             bail!(
-                "vdisk {}: socket {} is in use by another process",
-                vdisk.name,
+                "vdisk {name}: socket {} is in use by another process",
                 socket.display()
             );
         }
+        Ok(())
+    }
+
+    /// Binds the vdisk's socket. Refuses a socket another process listens on.
+    pub fn bind(vdisk: Arc<Vdisk>, socket: &Path) -> anyhow::Result<Self> {
+        Self::check_socket_free(&vdisk.name, socket)?;
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| {
-                format!("vdisk {}: cannot create socket directory {}", vdisk.name, dir.display())
+                format!(
+                    "vdisk {}: cannot create socket directory {}",
+                    vdisk.name,
+                    dir.display()
+                )
             })?;
         }
         let listener = Listener::new(socket, true).map_err(|e| {
-            anyhow::anyhow!("vdisk {}: cannot listen on {}: {e}", vdisk.name, socket.display())
+            anyhow::anyhow!(
+                "vdisk {}: cannot listen on {}: {e}",
+                vdisk.name,
+                socket.display()
+            )
         })?;
         Ok(VdiskServer {
             vdisk,
@@ -69,8 +82,9 @@ impl VdiskServer {
     fn serve_one(&self, listener: &mut Listener) -> anyhow::Result<()> {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let backend = Arc::new(
-            VdiskBackend::new(self.vdisk.clone(), &mem)
-                .with_context(|| format!("cannot set up the queues of vdisk {}", self.vdisk.name))?,
+            VdiskBackend::new(self.vdisk.clone(), &mem).with_context(|| {
+                format!("cannot set up the queues of vdisk {}", self.vdisk.name)
+            })?,
         );
         let mut daemon = VhostUserDaemon::new(self.vdisk.name.clone(), backend.clone(), mem)
             .map_err(|e| anyhow::anyhow!("cannot create the vhost-user daemon: {e}"))?;

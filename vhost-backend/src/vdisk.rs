@@ -51,13 +51,14 @@ impl Vdisk {
         }
     }
 
-    /// The bounds requests are checked against.
-    pub fn limits(&self) -> Limits {
+    /// The bounds requests on a queue of `queue_size` are checked against.
+    pub fn limits(&self, queue_size: u16) -> Limits {
         Limits {
             capacity: self.shape.capacity,
             read_only: self.shape.read_only,
             max_ranges: MAX_RANGES,
             max_range_sectors: MAX_RANGE_SECTORS,
+            max_descriptors: usize::from(queue_size),
         }
     }
 }
@@ -103,7 +104,12 @@ impl RateLimit {
             } else {
                 second << 32 | 1
             };
-            match self.window.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(self.suppressed.swap(0, Ordering::Relaxed)),
                 Err(seen) => current = seen,
             }
@@ -120,7 +126,11 @@ mod tests {
         let limit = RateLimit::new(3);
         let first: Vec<_> = (0..5).map(|_| limit.allow_at(7)).collect();
         assert_eq!(first, vec![Some(0), Some(0), Some(0), None, None]);
-        assert_eq!(limit.allow_at(8), Some(2), "the next second reports the two dropped");
+        assert_eq!(
+            limit.allow_at(8),
+            Some(2),
+            "the next second reports the two dropped"
+        );
         assert_eq!(limit.allow_at(8), Some(0));
     }
 }

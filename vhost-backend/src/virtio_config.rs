@@ -90,7 +90,9 @@ impl DeviceShape {
 pub fn config_window(space: &[u8], offset: u32, size: u32) -> Vec<u8> {
     let mut out = vec![0u8; size as usize];
     let start = (offset as usize).min(space.len());
-    let end = (offset as usize).saturating_add(size as usize).min(space.len());
+    let end = (offset as usize)
+        .saturating_add(size as usize)
+        .min(space.len());
     out[..end - start].copy_from_slice(&space[start..end]);
     out
 }
@@ -111,7 +113,10 @@ mod tests {
     #[test]
     fn config_space_layout() {
         let c = shape().config_space(true);
-        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 2 * 1024 * 1024);
+        assert_eq!(
+            u64::from_le_bytes(c[0..8].try_into().unwrap()),
+            2 * 1024 * 1024
+        );
         assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 4096);
         assert_eq!(c[32], 1);
         assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 4);
@@ -122,7 +127,11 @@ mod tests {
     #[test]
     fn features_follow_read_only() {
         let rw = shape().features();
-        let ro = DeviceShape { read_only: true, ..shape() }.features();
+        let ro = DeviceShape {
+            read_only: true,
+            ..shape()
+        }
+        .features();
         assert_eq!(rw & 1 << VIRTIO_BLK_F_RO, 0);
         assert_ne!(rw & 1 << VIRTIO_BLK_F_DISCARD, 0);
         assert_ne!(ro & 1 << VIRTIO_BLK_F_RO, 0);

@@ -8,10 +8,10 @@ use super::{BlockOp, IoBuf};
 
 /// Whether every buffer (address and length) and `offset` meet `align`.
 pub fn aligned(offset: u64, bufs: &[IoBuf], align: usize) -> bool {
-    offset % align as u64 == 0
+    offset.is_multiple_of(align as u64)
         && bufs
             .iter()
-            .all(|b| (b.ptr as usize) % align == 0 && b.len % align == 0)
+            .all(|b| (b.ptr as usize).is_multiple_of(align) && b.len.is_multiple_of(align))
 }
 
 /// Total bytes in `bufs`.
@@ -150,8 +150,14 @@ mod tests {
         let mut a = vec![1u8; 100];
         let mut b = vec![2u8; 28];
         let bufs = [
-            IoBuf { ptr: a.as_mut_ptr(), len: a.len() },
-            IoBuf { ptr: b.as_mut_ptr(), len: b.len() },
+            IoBuf {
+                ptr: a.as_mut_ptr(),
+                len: a.len(),
+            },
+            IoBuf {
+                ptr: b.as_mut_ptr(),
+                len: b.len(),
+            },
         ];
         assert_eq!(total_len(&bufs), 128);
         let mut bounce = AlignedBuf::new(128, 512);
@@ -173,7 +179,10 @@ mod tests {
             Fallocate::ZeroRange.on_unsupported(false),
             Some(Fallback::Retry(Fallocate::PunchHole))
         );
-        assert_eq!(Fallocate::PunchHole.on_unsupported(true), Some(Fallback::Succeed));
+        assert_eq!(
+            Fallocate::PunchHole.on_unsupported(true),
+            Some(Fallback::Succeed)
+        );
         assert_eq!(Fallocate::PunchHole.on_unsupported(false), None);
     }
 }

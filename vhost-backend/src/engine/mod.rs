@@ -5,8 +5,8 @@
 //! engine is shared by all queues of a vdisk; each queue thread owns one
 //! [`EngineQueue`], which submits operations and reports their completions.
 
-pub mod raw;
 mod buffers;
+pub mod raw;
 mod sync_io;
 mod uring;
 

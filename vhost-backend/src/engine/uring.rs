@@ -123,7 +123,10 @@ impl UringQueue {
             let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
             slot.bounce = Some(bounce);
             if write {
-                opcode::Write::new(IMAGE, ptr, len).offset(offset).rw_flags(rw_flags).build()
+                opcode::Write::new(IMAGE, ptr, len)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build()
             } else {
                 opcode::Read::new(IMAGE, ptr, len).offset(offset).build()
             }
@@ -134,7 +137,9 @@ impl UringQueue {
                     .rw_flags(rw_flags)
                     .build()
             } else {
-                opcode::Read::new(IMAGE, one.ptr, one.len as u32).offset(offset).build()
+                opcode::Read::new(IMAGE, one.ptr, one.len as u32)
+                    .offset(offset)
+                    .build()
             }
         } else {
             slot.iovecs.extend(bufs.iter().map(|b| libc::iovec {
@@ -143,7 +148,10 @@ impl UringQueue {
             }));
             let (iov, n) = (slot.iovecs.as_ptr(), slot.iovecs.len() as u32);
             if write {
-                opcode::Writev::new(IMAGE, iov, n).offset(offset).rw_flags(rw_flags).build()
+                opcode::Writev::new(IMAGE, iov, n)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build()
             } else {
                 opcode::Readv::new(IMAGE, iov, n).offset(offset).build()
             }

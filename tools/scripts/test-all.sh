@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what is needed and runs every check and test: formatting, clippy,
+# then the whole workspace's tests in release (unit, property, libblkio client,
+# hostile-frontend and QEMU guest tests). One build serves all of them.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+"$repo/tools/scripts/install-deps.sh"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+echo "== cargo build"
+cargo build --release --workspace --all-targets
+echo "== cargo test"
+cargo test --release --workspace
