@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Compare strata-host, qemu-storage-daemon and the raw file on the same
+# backing file, with one `strata-bench compare` run.
+#
+# Usage: tools/scripts/bench-compare.sh IMAGE [strata-bench workload flags...]
+#
+#   IMAGE   backing file. Created if missing (SIZE bytes, default 1G) and
+#           then written once end to end with random data, so that reads hit
+#           real blocks rather than holes.
+#   flags   passed through to `strata-bench compare`, e.g.
+#           --rw randread --bs 4k --iodepth 32 --runtime 10 [--json]
+#
+# Environment:
+#   SIZE=1G         size of a newly created IMAGE (K/M/G suffixes)
+#   DAEMON_QUEUES=4 queues both daemons offer (>= the --queues you ask for)
+#   BASELINE=file   target the ratios are computed against (strata, qsd or
+#                   file), unless --baseline is among the flags
+#   NO_BUILD=1      do not run `cargo build --release` first
+#
+# The targets are named strata, qsd and file. Both daemons are stopped when
+# the script exits, however it exits. If strata-host does not start, its row
+# shows FAILED with the reason and the others still run.
+set -euo pipefail
+
+usage() {
+    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+}
+
+[[ $# -ge 1 && $1 != -h && $1 != --help ]] || usage
+image=$1
+shift
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+size=${SIZE:-1G}
+queues=${DAEMON_QUEUES:-4}
+baseline=${BASELINE:-file}
+
+if [[ -z ${NO_BUILD:-} ]]; then
+    (cd "$repo" && cargo build --release -p strata-tools -p strata-host)
+fi
+target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+target_dir=${target_dir:-$repo/target}
+bench=$target_dir/release/strata-bench
+host=$target_dir/release/strata-host
+[[ -x $bench ]] || { echo "bench-compare: $bench not built" >&2; exit 1; }
+command -v qemu-storage-daemon >/dev/null ||
+    { echo "bench-compare: qemu-storage-daemon not found in PATH" >&2; exit 1; }
+
+if [[ ! -e $image ]]; then
+    echo "bench-compare: creating $image ($size) and writing it once with random data" >&2
+    truncate -s "$size" "$image"
+    bytes=$(stat -c %s "$image")
+    dd if=/dev/urandom of="$image" bs=1M count=$((bytes / 1048576)) \
+        oflag=direct conv=notrunc status=none
+fi
+image=$(realpath "$image")
+
+workdir=$(mktemp -d "${TMPDIR:-/tmp}/bench-compare.XXXXXX")
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$workdir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_for_socket PID SOCKET LOG NAME: true once SOCKET exists, false if the
+# daemon exited or 10 s passed.
+wait_for_socket() {
+    local pid=$1 socket=$2 log=$3 name=$4 deadline=$((SECONDS + 10))
+    while [[ ! -S $socket ]]; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "bench-compare: $name exited before creating $socket:" >&2
+            tail -n 20 "$log" >&2 || true
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "bench-compare: $name did not create $socket within 10 s:" >&2
+            tail -n 20 "$log" >&2 || true
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+strata_sock=$workdir/strata.sock
+qsd_sock=$workdir/qsd.sock
+
+if [[ -x $host ]]; then
+    "$host" --vdisk "name=bench,path=$image,socket=$strata_sock,queues=$queues" \
+        >"$workdir/strata.log" 2>&1 &
+    pids+=($!)
+    wait_for_socket "$!" "$strata_sock" "$workdir/strata.log" strata-host || true
+else
+    echo "bench-compare: $host not built; the strata row will fail" >&2
+fi
+
+# locking=off: strata-host has the same file open.
+qemu-storage-daemon \
+    --blockdev "driver=file,node-name=f,filename=$image,cache.direct=on,aio=io_uring,locking=off" \
+    --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$qsd_sock,writable=on,num-queues=$queues" \
+    >"$workdir/qsd.log" 2>&1 &
+pids+=($!)
+wait_for_socket "$!" "$qsd_sock" "$workdir/qsd.log" qemu-storage-daemon || exit 1
+
+extra=()
+if [[ " $* " != *" --baseline"* ]]; then
+    extra=(--baseline "$baseline")
+fi
+
+# In the background so that INT/TERM interrupt `wait` at once (bash defers
+# traps while a foreground child runs); cleanup stops it first.
+"$bench" compare \
+    --target "strata=vhost-user:$strata_sock" \
+    --target "qsd=vhost-user:$qsd_sock" \
+    --target "file=file:$image" \
+    "${extra[@]}" "$@" &
+pids=("$!" "${pids[@]}")
+status=0
+wait "${pids[0]}" || status=$?
+exit "$status"
