@@ -9,7 +9,7 @@ use strata_common::config::{CacheMode, VdiskConfig};
 
 use crate::engine::Engine;
 use crate::request::Limits;
-use crate::virtio_config::{DeviceShape, MAX_RANGES, MAX_RANGE_SECTORS};
+use crate::virtio_config::{DeviceShape, MAX_RANGES, MAX_RANGE_SECTORS, SEG_MAX};
 
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES).
 pub const SERIAL_LEN: usize = 20;
@@ -58,7 +58,9 @@ impl Vdisk {
             read_only: self.shape.read_only,
             max_ranges: MAX_RANGES,
             max_range_sectors: MAX_RANGE_SECTORS,
-            max_descriptors: usize::from(queue_size),
+            // Linux sends up to seg_max + 2 descriptors through an indirect
+            // table even when that exceeds a small queue.
+            max_descriptors: usize::from(queue_size).max(SEG_MAX as usize + 2),
         }
     }
 }

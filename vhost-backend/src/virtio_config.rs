@@ -4,16 +4,20 @@
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
-    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY,
+    VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-/// Most data segments in one request (VIRTIO_BLK_F_SEG_MAX).
-pub const SEG_MAX: u32 = 128;
-/// Largest data segment (VIRTIO_BLK_F_SIZE_MAX).
-pub const SIZE_MAX: u32 = 1 << 20;
+/// Most data segments in one request (VIRTIO_BLK_F_SEG_MAX). With the header
+/// and status a request then fits QEMU's default queue of 128 entries.
+///
+/// VIRTIO_BLK_F_SIZE_MAX is deliberately not offered: the engines have no
+/// segment size limit, and SeaBIOS computes its per-request block count as
+/// `(u16)(size_max * seg_max / block_size)`, which wraps to 0 for large
+/// values and makes it loop forever on zero-length reads.
+pub const SEG_MAX: u32 = 126;
 /// Most segments in one discard or write-zeroes request.
 pub const MAX_RANGES: u32 = 32;
 /// Most sectors in one discard or write-zeroes segment (1 GiB).
@@ -43,7 +47,6 @@ impl DeviceShape {
             VIRTIO_F_VERSION_1,
             VIRTIO_RING_F_EVENT_IDX,
             VIRTIO_RING_F_INDIRECT_DESC,
-            VIRTIO_BLK_F_SIZE_MAX,
             VIRTIO_BLK_F_SEG_MAX,
             VIRTIO_BLK_F_BLK_SIZE,
             VIRTIO_BLK_F_TOPOLOGY,
@@ -67,7 +70,7 @@ impl DeviceShape {
         let sectors_per_block = self.block_size / 512;
         let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
         put(0, &(self.capacity / 512).to_le_bytes());
-        put(8, &SIZE_MAX.to_le_bytes());
+        // 8..12 size_max: not offered, left zero.
         put(12, &SEG_MAX.to_le_bytes());
         // 16..20 geometry: left zero, the guest computes its own.
         put(20, &self.block_size.to_le_bytes());

@@ -3,11 +3,12 @@
 //! virtio-blk frontend, and check every result byte for byte against an
 //! in-memory model of the disk and against the backing file itself.
 //!
-//! Each test starts its own daemon on temporary files
+//! Each test starts its own daemon on temporary files with
+//! [`support::daemon::Daemon`]
 //! (`--vdisk name=...,path=...,size=...,socket=...` per docs/HOST-CLI.md),
-//! waits for the socket to appear, and kills the daemon when done.
+//! which waits for the socket to appear and kills the daemon when done.
 //!
-//! Setting `STRATA_BLKIO_TEST_BACKEND=qsd` runs the same tests against
+//! Setting `STRATA_TEST_DAEMON=qsd` runs the same tests against
 //! qemu-storage-daemon's vhost-user-blk export instead, to check the tests
 //! themselves; tests of strata-host-only behaviour (its command line,
 //! sub-block requests on 4 KiB vdisks) are skipped then.
@@ -21,344 +22,35 @@
 //!   EROFS) and that the image is untouched.
 //! - Unaligned (non-512) offsets: libblkio rejects them before sending.
 
+// Each test binary uses a subset of the shared helpers.
+#[allow(dead_code)]
+mod support;
+
 use std::fs;
-use std::io::Read;
 use std::mem::MaybeUninit;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blkio::{iovec, Blkio, Blkioq, Completion, Errno, ReqFlags};
+
+use support::daemon::{run_to_exit, Daemon, Target, VdiskOptions, STARTUP_TIMEOUT};
+use support::data::{assert_bytes_eq, TestRng};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 /// Longest wait for any single completion before the test fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for the daemon to create its socket (or to exit).
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// I/O memory per client queue: room for one batch of requests.
 const QUEUE_MEMORY: usize = 4 * MIB as usize;
 
-// ---------------------------------------------------------------------------
-// Deterministic test data
-// ---------------------------------------------------------------------------
-
-/// SplitMix64: reproducible pseudo-random data and choices.
-struct TestRng(u64);
-
-impl TestRng {
-    fn new(seed: u64) -> Self {
-        TestRng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            out.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
-}
-
-/// Panics with the first differing byte (as a disk offset) if `got` and
-/// `want` differ; never dumps megabytes of bytes.
-#[track_caller]
-fn assert_bytes_eq(got: &[u8], want: &[u8], disk_offset: u64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length differs");
-    if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
-        let differing = got.iter().zip(want).filter(|(g, w)| g != w).count();
-        panic!(
-            "{what}: first difference at disk offset {} (byte {i} of the range at {disk_offset}): \
-             got {:#04x}, want {:#04x}; {differing} of {} bytes differ",
-            disk_offset + i as u64,
-            got[i],
-            want[i],
-            got.len()
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The daemon under test
-// ---------------------------------------------------------------------------
-
-/// Which vhost-user-blk server the tests drive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    StrataHost,
-    Qsd,
-}
-
-fn backend() -> Backend {
-    match std::env::var("STRATA_BLKIO_TEST_BACKEND").as_deref() {
-        Ok("qsd") => Backend::Qsd,
-        _ => Backend::StrataHost,
-    }
-}
-
 /// Returns true (and says so) when the test only applies to strata-host.
 fn skip_unless_strata(test: &str) -> bool {
-    if backend() == Backend::StrataHost {
+    if Target::from_env() == Target::StrataHost {
         return false;
     }
     eprintln!("{test}: skipped: strata-host-specific behaviour");
     true
-}
-
-/// One vdisk to serve.
-#[derive(Clone, Debug)]
-struct VdiskOptions {
-    name: String,
-    size: u64,
-    queues: usize,
-    block_size: Option<u32>,
-    read_only: bool,
-}
-
-impl VdiskOptions {
-    fn new(size: u64) -> Self {
-        VdiskOptions {
-            name: "vd0".to_string(),
-            size,
-            queues: 1,
-            block_size: None,
-            read_only: false,
-        }
-    }
-
-    fn queues(mut self, queues: usize) -> Self {
-        self.queues = queues;
-        self
-    }
-
-    fn block_size(mut self, block_size: u32) -> Self {
-        self.block_size = Some(block_size);
-        self
-    }
-
-    fn read_only(mut self) -> Self {
-        self.read_only = true;
-        self
-    }
-
-    fn named(mut self, name: &str) -> Self {
-        self.name = name.to_string();
-        self
-    }
-}
-
-/// Paths of one served vdisk.
-struct Served {
-    options: VdiskOptions,
-    image: PathBuf,
-    socket: PathBuf,
-}
-
-/// A running daemon; killed (and its log shown, if the test is failing)
-/// when dropped.
-struct Daemon {
-    child: Child,
-    vdisks: Vec<Served>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts a daemon serving one vdisk on a new, empty (sparse) image.
-    fn start(options: VdiskOptions) -> Daemon {
-        Daemon::start_many(vec![options], |_, _| {})
-    }
-
-    /// Starts a daemon serving `vdisks`; `prepare(index, image)` may create
-    /// an image with content first (it must then be exactly `size` bytes).
-    fn start_many(vdisks: Vec<VdiskOptions>, prepare: impl Fn(usize, &Path)) -> Daemon {
-        let dir = tempfile::tempdir().expect("creating a temporary directory");
-        let served: Vec<Served> = vdisks
-            .into_iter()
-            .enumerate()
-            .map(|(i, options)| Served {
-                image: dir.path().join(format!("{}.img", options.name)),
-                socket: dir.path().join(format!("{i}.sock")),
-                options,
-            })
-            .collect();
-        for (i, vdisk) in served.iter().enumerate() {
-            prepare(i, &vdisk.image);
-        }
-        let log = dir.path().join("daemon.log");
-        let mut command = match backend() {
-            Backend::StrataHost => strata_host_command(&served),
-            Backend::Qsd => qsd_command(&served),
-        };
-        let log_file = fs::File::create(&log).expect("creating the daemon log");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("cloning the log handle"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawning the daemon");
-        let mut daemon = Daemon {
-            child,
-            vdisks: served,
-            log,
-            _dir: dir,
-        };
-        daemon.wait_for_sockets();
-        daemon
-    }
-
-    /// Polls until every socket exists; fails fast if the daemon exits.
-    fn wait_for_sockets(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if self.vdisks.iter().all(|v| v.socket.exists()) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the daemon exited ({status}) before creating its sockets; log:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no socket after {START_TIMEOUT:?}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn vdisk(&self, index: usize) -> &Served {
-        &self.vdisks[index]
-    }
-
-    /// Connects a client with `queues` queues to vdisk 0.
-    fn connect(&self, queues: usize) -> Client {
-        Client::connect(&self.vdisk(0).socket, queues, false).unwrap_or_else(|e| {
-            panic!(
-                "connecting: {e} ({:?}); log:\n{}",
-                e.errno(),
-                self.log_text()
-            )
-        })
-    }
-
-    /// The backing file's bytes of vdisk `index`.
-    fn image_bytes(&self, index: usize) -> Vec<u8> {
-        fs::read(&self.vdisk(index).image).expect("reading the backing file")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- daemon log ---\n{}--- end of daemon log ---",
-                self.log_text()
-            );
-        }
-    }
-}
-
-fn strata_host_command(vdisks: &[Served]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strata-host"));
-    for v in vdisks {
-        let mut spec = format!(
-            "name={},path={},size={},socket={},queues={}",
-            v.options.name,
-            v.image.display(),
-            v.options.size,
-            v.socket.display(),
-            v.options.queues
-        );
-        if let Some(bs) = v.options.block_size {
-            spec.push_str(&format!(",block-size={bs}"));
-        }
-        if v.options.read_only {
-            spec.push_str(",read-only");
-        }
-        command.arg("--vdisk").arg(spec);
-    }
-    command
-}
-
-fn qsd_command(vdisks: &[Served]) -> Command {
-    let mut command = Command::new("qemu-storage-daemon");
-    for (i, v) in vdisks.iter().enumerate() {
-        if !v.image.exists() {
-            let file = fs::File::create(&v.image).expect("creating the image");
-            file.set_len(v.options.size).expect("sizing the image");
-        }
-        let ro = if v.options.read_only {
-            ",read-only=on"
-        } else {
-            ""
-        };
-        command.arg("--blockdev").arg(format!(
-            "driver=file,node-name=f{i},filename={},cache.direct=on,aio=io_uring,discard=unmap{ro}",
-            v.image.display()
-        ));
-        let mut export = format!(
-            "type=vhost-user-blk,id=e{i},node-name=f{i},addr.type=unix,addr.path={},writable={},num-queues={}",
-            v.socket.display(),
-            if v.options.read_only { "off" } else { "on" },
-            v.options.queues
-        );
-        if let Some(bs) = v.options.block_size {
-            export.push_str(&format!(",logical-block-size={bs}"));
-        }
-        command.arg("--export").arg(export);
-    }
-    command
-}
-
-/// Runs strata-host with `args` and waits (bounded) for it to exit.
-fn run_to_exit(args: &[String]) -> (ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-host"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning strata-host");
-    let deadline = Instant::now() + START_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for strata-host") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("strata-host {args:?} did not exit within {START_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    (status, stderr)
 }
 
 // ---------------------------------------------------------------------------
@@ -437,10 +129,16 @@ impl Client {
         Ok(Client { queues, blkio })
     }
 
+    /// Connects a client with `queues` queues to the daemon's first vdisk.
+    fn open(daemon: &Daemon, queues: usize) -> Client {
+        Client::connect(daemon.socket(), queues, false)
+            .unwrap_or_else(|e| panic!("connecting: {e} ({:?}); log:\n{}", e.errno(), daemon.log()))
+    }
+
     /// Connects, retrying while the daemon re-arms its socket after an
     /// earlier client left.
     fn connect_retry(socket: &Path, queues: usize, read_only: bool) -> Client {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             match Client::connect(socket, queues, read_only) {
                 Ok(client) => return client,
@@ -688,7 +386,7 @@ fn capacity_and_geometry_match_the_spec() {
             options = options.block_size(bs);
         }
         let daemon = Daemon::start(options);
-        let client = daemon.connect(1);
+        let client = Client::open(&daemon, 1);
         assert_eq!(client.capacity(), size, "capacity");
         assert_eq!(
             client.prop_i32("request-alignment"),
@@ -701,7 +399,7 @@ fn capacity_and_geometry_match_the_spec() {
             "queues offered"
         );
         assert_eq!(
-            fs::metadata(&daemon.vdisk(0).image).expect("image").len(),
+            fs::metadata(daemon.vdisk(0).image()).expect("image").len(),
             size,
             "image created with size="
         );
@@ -712,7 +410,7 @@ fn capacity_and_geometry_match_the_spec() {
 fn writes_read_back_byte_exact_at_many_offsets_and_sizes() {
     let size = 16 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size));
-    let mut client = daemon.connect(1);
+    let mut client = Client::open(&daemon, 1);
     let cap = client.capacity();
     let q = client.q();
     let mut model = vec![0u8; size as usize];
@@ -771,7 +469,7 @@ fn writes_read_back_byte_exact_at_many_offsets_and_sizes() {
     q.check(&model, 0, cap, "whole disk");
     q.flush().expect("flush");
     assert_bytes_eq(
-        &daemon.image_bytes(0),
+        &daemon.vdisk(0).image_bytes(),
         &model,
         0,
         "backing file after flush",
@@ -782,7 +480,7 @@ fn writes_read_back_byte_exact_at_many_offsets_and_sizes() {
 fn io_across_the_end_of_the_disk_fails_and_changes_nothing() {
     let size = 4 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size));
-    let mut client = daemon.connect(1);
+    let mut client = Client::open(&daemon, 1);
     let cap = client.capacity();
     let q = client.q();
     let mut model = vec![0u8; size as usize];
@@ -820,7 +518,7 @@ fn io_across_the_end_of_the_disk_fails_and_changes_nothing() {
     write_and_model(q, &mut model, cap - 512, &[0x5au8; 512]);
     q.check(&model, cap - 8192, 8192, "tail after a valid write");
     q.flush().expect("flush");
-    assert_bytes_eq(&daemon.image_bytes(0), &model, 0, "backing file");
+    assert_bytes_eq(&daemon.vdisk(0).image_bytes(), &model, 0, "backing file");
 }
 
 #[test]
@@ -830,7 +528,7 @@ fn sub_block_requests_on_a_4k_vdisk_are_served() {
     }
     let size = 4 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size).block_size(4096));
-    let mut client = daemon.connect(1);
+    let mut client = Client::open(&daemon, 1);
     let q = client.q();
     let mut model = vec![0u8; size as usize];
     let mut rng = TestRng::new(3);
@@ -866,7 +564,7 @@ fn sub_block_requests_on_a_4k_vdisk_are_served() {
 fn discard_and_write_zeroes_read_back_as_zeros() {
     let size = 8 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size));
-    let mut client = daemon.connect(1);
+    let mut client = Client::open(&daemon, 1);
     let discard_alignment = (client.prop_i32("discard-alignment").max(512) as u64).max(4096);
     let max_discard = client.prop_u64("max-discard-len");
     let max_zeroes = client.prop_u64("max-write-zeroes-len");
@@ -943,7 +641,7 @@ fn discard_and_write_zeroes_read_back_as_zeros() {
     q.flush().expect("flush");
     q.check(&model, 0, size, "whole disk");
     assert_bytes_eq(
-        &daemon.image_bytes(0),
+        &daemon.vdisk(0).image_bytes(),
         &model,
         0,
         "backing file after flush",
@@ -954,8 +652,8 @@ fn discard_and_write_zeroes_read_back_as_zeros() {
 fn flush_and_fua_writes_reach_the_backing_file() {
     let size = 4 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size));
-    let mut client = daemon.connect(1);
-    if backend() == Backend::StrataHost {
+    let mut client = Client::open(&daemon, 1);
+    if daemon.target() == Target::StrataHost {
         // HOST-CLI: cache=writeback is the default, so the driver must flush.
         // (qemu-storage-daemon reports its write cache differently.)
         assert!(
@@ -969,7 +667,7 @@ fn flush_and_fua_writes_reach_the_backing_file() {
     let data = TestRng::new(5).bytes(64 * 1024);
     q.write(0, &data).expect("write");
     q.flush().expect("flush after a write");
-    let image = fs::File::open(&daemon.vdisk(0).image).expect("image");
+    let image = fs::File::open(daemon.vdisk(0).image()).expect("image");
     let mut on_disk = vec![0u8; data.len()];
     image
         .read_exact_at(&mut on_disk, 0)
@@ -1022,7 +720,7 @@ fn concurrent_io(queues: usize) {
     const ROUNDS: usize = 40;
     let size = 8 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size).queues(queues));
-    let mut client = daemon.connect(queues);
+    let mut client = Client::open(&daemon, queues);
     assert_eq!(client.queues.len(), queues);
     let stripes = size / STRIPE;
 
@@ -1113,7 +811,7 @@ fn concurrent_io(queues: usize) {
     let q = client.q();
     q.check(&model, 0, size, "whole disk after concurrent I/O");
     q.flush().expect("flush");
-    assert_bytes_eq(&daemon.image_bytes(0), &model, 0, "backing file");
+    assert_bytes_eq(&daemon.vdisk(0).image_bytes(), &model, 0, "backing file");
 }
 
 #[test]
@@ -1130,13 +828,13 @@ fn concurrent_io_on_4_queues() {
 fn a_new_client_reads_what_the_previous_one_wrote() {
     let size = 8 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size).queues(2));
-    let socket = daemon.vdisk(0).socket.clone();
+    let socket = daemon.vdisk(0).socket().to_path_buf();
     let mut model = vec![0u8; size as usize];
     let mut rng = TestRng::new(7);
 
     // First client: two queues, writes, leaves without flushing.
     {
-        let mut client = daemon.connect(2);
+        let mut client = Client::open(&daemon, 2);
         let data = rng.bytes(MIB as usize);
         write_and_model(&mut client.queues[0], &mut model, 3 * MIB + 512, &data);
         let data = rng.bytes(64 * 1024);
@@ -1203,10 +901,12 @@ fn a_new_client_reads_what_the_previous_one_wrote() {
 fn a_read_only_vdisk_serves_reads_and_refuses_writers() {
     let size = 4 * MIB;
     let content = TestRng::new(8).bytes(size as usize);
-    let daemon = Daemon::start_many(vec![VdiskOptions::new(size).read_only()], |_, image| {
-        fs::write(image, &content).expect("writing the image")
-    });
-    let socket = daemon.vdisk(0).socket.clone();
+    let daemon = Daemon::start(
+        VdiskOptions::new(size)
+            .read_only()
+            .preset(0, content.clone()),
+    );
+    let socket = daemon.vdisk(0).socket().to_path_buf();
 
     // A read-write client cannot start: the device advertises
     // VIRTIO_BLK_F_RO.
@@ -1226,7 +926,7 @@ fn a_read_only_vdisk_serves_reads_and_refuses_writers() {
     assert!(q.discard(0, 4096).is_err(), "discard succeeded");
     q.check(&content, 0, 64 * KIB, "after refused writes");
     assert_bytes_eq(
-        &daemon.image_bytes(0),
+        &daemon.vdisk(0).image_bytes(),
         &content,
         0,
         "backing file untouched",
@@ -1236,15 +936,12 @@ fn a_read_only_vdisk_serves_reads_and_refuses_writers() {
 #[test]
 fn two_vdisks_in_one_daemon_are_independent() {
     let size = 2 * MIB;
-    let daemon = Daemon::start_many(
-        vec![
-            VdiskOptions::new(size).named("a"),
-            VdiskOptions::new(size + MIB).named("b").queues(2),
-        ],
-        |_, _| {},
-    );
-    let mut a = Client::connect(&daemon.vdisk(0).socket, 1, false).expect("connecting to a");
-    let mut b = Client::connect(&daemon.vdisk(1).socket, 2, false).expect("connecting to b");
+    let daemon = Daemon::start_many(vec![
+        VdiskOptions::new(size).named("a"),
+        VdiskOptions::new(size + MIB).named("b").queues(2),
+    ]);
+    let mut a = Client::connect(daemon.vdisk(0).socket(), 1, false).expect("connecting to a");
+    let mut b = Client::connect(daemon.vdisk(1).socket(), 2, false).expect("connecting to b");
     assert_eq!(a.capacity(), size);
     assert_eq!(b.capacity(), size + MIB);
     let mut model_a = vec![0u8; size as usize];
@@ -1256,8 +953,8 @@ fn two_vdisks_in_one_daemon_are_independent() {
     b.q().check(&model_b, 0, size + MIB, "vdisk b");
     a.q().flush().expect("flush a");
     b.q().flush().expect("flush b");
-    assert_bytes_eq(&daemon.image_bytes(0), &model_a, 0, "image a");
-    assert_bytes_eq(&daemon.image_bytes(1), &model_b, 0, "image b");
+    assert_bytes_eq(&daemon.vdisk(0).image_bytes(), &model_a, 0, "image a");
+    assert_bytes_eq(&daemon.vdisk(1).image_bytes(), &model_b, 0, "image b");
 }
 
 #[test]

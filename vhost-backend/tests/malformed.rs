@@ -21,17 +21,20 @@
 //! qemu-storage-daemon; where it answers differently the qsd expectation is
 //! spelled out with [`Expect::or_qsd`].
 
+// Each test binary uses a subset of the shared helpers.
+#[allow(dead_code)]
 mod support;
 
 use std::ops::Range;
 
+use support::daemon::{
+    probe_pattern, Daemon, Target, VdiskOptions, DISK_SECTORS, PROBE_LEN, PROBE_SECTOR, SECTOR,
+};
+use support::data::pattern;
 use support::vhost_frontend::{
     chain, Desc, FrontendOptions, TestDevice, UsedElem, WaitError, DATA_START, DESC_SIZE,
     F_INDIRECT, F_WRITE, MEM_BASE, MEM_END, QUEUE_SIZE, STATUS_SENTINEL, S_IOERR, S_OK, S_UNSUPP,
     T_IN, T_OUT,
-};
-use support::{
-    pattern, probe_pattern, Daemon, Target, DISK_SECTORS, PROBE_LEN, PROBE_SECTOR, SECTOR,
 };
 
 /// What a case must do to pass.
@@ -210,12 +213,12 @@ struct Harness {
 impl Harness {
     /// A writable vdisk.
     fn start() -> Self {
-        Self::with_daemon(Daemon::start(false))
+        Self::with_daemon(Daemon::start(VdiskOptions::probe_disk()))
     }
 
     /// A read-only vdisk.
     fn start_read_only() -> Self {
-        Self::with_daemon(Daemon::start(true))
+        Self::with_daemon(Daemon::start(VdiskOptions::probe_disk().read_only()))
     }
 
     fn with_daemon(daemon: Daemon) -> Self {
@@ -281,10 +284,7 @@ impl Harness {
                 false
             }
             Err(WaitError::Disconnected) => true,
-            Err(e) => panic!(
-                "{name}: probe failed ({e:?}); stderr:\n{}",
-                self.daemon.stderr_log()
-            ),
+            Err(e) => panic!("{name}: probe failed ({e:?}); log:\n{}", self.daemon.log()),
         };
         // A request that must complete gets its own deadline: it may still be
         // doing I/O after the probe finished.
@@ -412,7 +412,7 @@ fn well_formed_write_then_read_round_trips() {
 
 #[test]
 fn well_formed_requests_without_event_idx() {
-    let daemon = Daemon::start(false);
+    let daemon = Daemon::start(VdiskOptions::probe_disk());
     let mut dev = TestDevice::connect_with(
         daemon.socket(),
         FrontendOptions {
@@ -907,10 +907,11 @@ fn chain_longer_than_queue_size() {
         Expect::NotOk.or_qsd(Expect::Disconnect),
     );
 
-    // A loop-free indirect table with more descriptors than the queue size.
+    // A loop-free indirect table longer than the queue and than the seg_max
+    // (126) + 2 that strata-host accepts from Linux.
     let dev = h.dev();
     let mut entries = vec![dev.header(T_OUT, 64)];
-    for _ in 0..QUEUE_SIZE {
+    for _ in 0..(2 * QUEUE_SIZE + 8) {
         entries.push(dev.out_buf(&payload));
     }
     let status = dev.status_buf();
@@ -1023,7 +1024,7 @@ fn malformed_indirect_tables() {
 /// again for the next frontend.
 #[test]
 fn reconnect_after_abrupt_disconnect() {
-    let daemon = Daemon::start(false);
+    let daemon = Daemon::start(VdiskOptions::probe_disk());
     let data = pattern(6, 8192);
     {
         let mut dev = TestDevice::connect(daemon.socket());

@@ -1,0 +1,397 @@
+//! Starting the vhost-user-blk daemon under test on scratch images.
+//!
+//! One [`Daemon`] serves one or more vdisks, each described by
+//! [`VdiskOptions`] (name, size, queues, logical block size, read-only,
+//! initial content). The daemon is `strata-host` unless
+//! `STRATA_TEST_DAEMON=qsd` selects `qemu-storage-daemon` (see [`Target`]).
+//! Everything lives in a temporary directory that goes away with the
+//! [`Daemon`], which kills the process.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::data::pattern;
+
+/// Size of the [`VdiskOptions::probe_disk`] image.
+pub const DISK_SIZE: u64 = 16 << 20;
+/// virtio-blk's fixed sector unit.
+pub const SECTOR: u64 = 512;
+/// Number of 512-byte sectors of the [`VdiskOptions::probe_disk`] image.
+pub const DISK_SECTORS: u64 = DISK_SIZE / SECTOR;
+/// Sector of the [`VdiskOptions::probe_disk`] image holding [`probe_pattern`]
+/// from the moment the image is created.
+pub const PROBE_SECTOR: u64 = 2048;
+/// Length of the probe pattern.
+pub const PROBE_LEN: usize = 4096;
+
+/// How long the daemon may take to create its sockets (or to exit, for
+/// [`run_to_exit`]); also a sensible bound for reconnecting to a socket.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Interval at which startup and exits are polled.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Which vhost-user-blk implementation the tests drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The `strata-host` binary of this crate (the default).
+    StrataHost,
+    /// `qemu-storage-daemon` with a vhost-user-blk export
+    /// (`STRATA_TEST_DAEMON=qsd`), to check the tests themselves against an
+    /// independent implementation.
+    Qsd,
+}
+
+impl Target {
+    /// Reads the target from `STRATA_TEST_DAEMON` (`strata-host` or `qsd`).
+    pub fn from_env() -> Self {
+        match std::env::var("STRATA_TEST_DAEMON").as_deref() {
+            Err(_) | Ok("") | Ok("strata-host") => Target::StrataHost,
+            Ok("qsd") | Ok("qemu-storage-daemon") => Target::Qsd,
+            Ok(other) => panic!("STRATA_TEST_DAEMON={other:?}: expected strata-host or qsd"),
+        }
+    }
+}
+
+/// Contents of the [`VdiskOptions::probe_disk`] image at [`PROBE_SECTOR`].
+pub fn probe_pattern() -> Vec<u8> {
+    pattern(0x0050_524f_4245, PROBE_LEN)
+}
+
+/// One vdisk to serve.
+#[derive(Clone, Debug)]
+pub struct VdiskOptions {
+    name: String,
+    size: u64,
+    queues: usize,
+    block_size: Option<u32>,
+    read_only: bool,
+    /// `(offset, bytes)` written into a sparse image before the daemon starts.
+    preset: Vec<(u64, Vec<u8>)>,
+}
+
+impl VdiskOptions {
+    /// A vdisk of `size` bytes named `vd0` with one queue, the default block
+    /// size, writable. Its image does not exist before the daemon starts
+    /// (strata-host creates it from `size=`) unless content is
+    /// [preset](Self::preset) or the target is qsd, which needs an image:
+    /// then it is created sparse, all zeros.
+    pub fn new(size: u64) -> Self {
+        VdiskOptions {
+            name: "vd0".to_string(),
+            size,
+            queues: 1,
+            block_size: None,
+            read_only: false,
+            preset: Vec::new(),
+        }
+    }
+
+    /// A [`DISK_SIZE`] vdisk whose image holds [`probe_pattern`] at
+    /// [`PROBE_SECTOR`] and zeros elsewhere.
+    pub fn probe_disk() -> Self {
+        VdiskOptions::new(DISK_SIZE).preset(PROBE_SECTOR * SECTOR, probe_pattern())
+    }
+
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    pub fn queues(mut self, queues: usize) -> Self {
+        self.queues = queues;
+        self
+    }
+
+    pub fn block_size(mut self, block_size: u32) -> Self {
+        self.block_size = Some(block_size);
+        self
+    }
+
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Writes `data` at byte `offset` of the image before the daemon starts.
+    pub fn preset(mut self, offset: u64, data: Vec<u8>) -> Self {
+        assert!(
+            offset + data.len() as u64 <= self.size,
+            "preset data beyond the end of the {}-byte vdisk",
+            self.size
+        );
+        self.preset.push((offset, data));
+        self
+    }
+}
+
+/// One served vdisk: its options and where its image and socket are.
+pub struct Vdisk {
+    options: VdiskOptions,
+    image: PathBuf,
+    socket: PathBuf,
+}
+
+impl Vdisk {
+    /// Path of the backing file.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// Path of the vhost-user socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Reads `len` bytes at byte `offset` of the image, bypassing the daemon.
+    pub fn read_image(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        File::open(&self.image)
+            .and_then(|f| f.read_exact_at(&mut buf, offset))
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.image.display()));
+        buf
+    }
+
+    /// The whole backing file, bypassing the daemon.
+    pub fn image_bytes(&self) -> Vec<u8> {
+        fs::read(&self.image).unwrap_or_else(|e| panic!("reading {}: {e}", self.image.display()))
+    }
+
+    /// Creates the image if the target needs one or content is preset.
+    fn prepare_image(&self, target: Target) {
+        if self.options.preset.is_empty() && target == Target::StrataHost {
+            return;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&self.image)
+            .expect("creating the image");
+        file.set_len(self.options.size).expect("sizing the image");
+        for (offset, data) in &self.options.preset {
+            file.write_all_at(data, *offset)
+                .expect("writing preset content");
+        }
+        file.sync_all().expect("syncing the image");
+    }
+}
+
+/// A running vhost-user-blk daemon serving one or more vdisks on scratch
+/// images. The process is killed when this is dropped; if the test is
+/// failing, the daemon's log is printed then.
+pub struct Daemon {
+    child: Child,
+    target: Target,
+    vdisks: Vec<Vdisk>,
+    /// The daemon's stdout and stderr.
+    log: PathBuf,
+    /// Keeps the images, sockets and log alive for the daemon's lifetime.
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon selected by [`Target::from_env`] serving one vdisk.
+    pub fn start(options: VdiskOptions) -> Daemon {
+        Daemon::start_many(vec![options])
+    }
+
+    /// Starts the daemon selected by [`Target::from_env`] serving `vdisks`.
+    pub fn start_many(vdisks: Vec<VdiskOptions>) -> Daemon {
+        Daemon::start_target(Target::from_env(), vdisks)
+    }
+
+    /// Starts `target` serving `vdisks` and waits until every socket exists.
+    pub fn start_target(target: Target, vdisks: Vec<VdiskOptions>) -> Daemon {
+        assert!(!vdisks.is_empty(), "a daemon needs at least one vdisk");
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let vdisks: Vec<Vdisk> = vdisks
+            .into_iter()
+            .enumerate()
+            .map(|(i, options)| Vdisk {
+                image: dir.path().join(format!("{}.img", options.name)),
+                socket: dir.path().join(format!("{i}.sock")),
+                options,
+            })
+            .collect();
+        for vdisk in &vdisks {
+            vdisk.prepare_image(target);
+        }
+        let mut command = match target {
+            Target::StrataHost => strata_host_command(&vdisks),
+            Target::Qsd => qsd_command(&vdisks),
+        };
+        let log = dir.path().join("daemon.log");
+        let log_file = File::create(&log).expect("creating the daemon log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("cloning the log handle"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {target:?}: {e}"));
+        let mut daemon = Daemon {
+            child,
+            target,
+            vdisks,
+            log,
+            _dir: dir,
+        };
+        daemon.wait_for_sockets();
+        daemon
+    }
+
+    /// Polls until every socket exists, failing early if the daemon exits.
+    fn wait_for_sockets(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !self.vdisks.iter().all(|v| v.socket.exists()) {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "{:?} exited ({status}) before creating its sockets; log:\n{}",
+                    self.target,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} created no socket within {STARTUP_TIMEOUT:?}; log:\n{}",
+                self.target,
+                self.log()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The implementation this daemon runs.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// The `index`th vdisk, in the order given at start.
+    pub fn vdisk(&self, index: usize) -> &Vdisk {
+        &self.vdisks[index]
+    }
+
+    /// Socket of the first vdisk.
+    pub fn socket(&self) -> &Path {
+        self.vdisk(0).socket()
+    }
+
+    /// Reads `len` bytes at byte `offset` of the first vdisk's image,
+    /// bypassing the daemon.
+    pub fn read_image(&self, offset: u64, len: usize) -> Vec<u8> {
+        self.vdisk(0).read_image(offset, len)
+    }
+
+    /// Everything the daemon has written to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the daemon's log) unless the process is still running.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("{:?} died with {status}; log:\n{}", self.target, self.log());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Errors only mean the process is already gone.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {:?} log ---\n{}--- end of log ---",
+                self.target,
+                self.log()
+            );
+        }
+    }
+}
+
+/// `strata-host --vdisk ...` for `vdisks` (docs/HOST-CLI.md).
+fn strata_host_command(vdisks: &[Vdisk]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata-host"));
+    for v in vdisks {
+        let mut spec = format!(
+            "name={},path={},size={},socket={},queues={}",
+            v.options.name,
+            v.image.display(),
+            v.options.size,
+            v.socket.display(),
+            v.options.queues
+        );
+        if let Some(bs) = v.options.block_size {
+            spec.push_str(&format!(",block-size={bs}"));
+        }
+        if v.options.read_only {
+            spec.push_str(",read-only");
+        }
+        command.arg("--vdisk").arg(spec);
+    }
+    command
+}
+
+/// `qemu-storage-daemon` with one file blockdev and one vhost-user-blk export
+/// per vdisk; the images must exist.
+fn qsd_command(vdisks: &[Vdisk]) -> Command {
+    let mut command = Command::new("qemu-storage-daemon");
+    for (i, v) in vdisks.iter().enumerate() {
+        let ro = if v.options.read_only {
+            ",read-only=on"
+        } else {
+            ""
+        };
+        command.arg("--blockdev").arg(format!(
+            "driver=file,node-name=f{i},filename={},cache.direct=on,aio=io_uring,discard=unmap{ro}",
+            v.image.display()
+        ));
+        let mut export = format!(
+            "type=vhost-user-blk,id=e{i},node-name=f{i},addr.type=unix,addr.path={},writable={},num-queues={}",
+            v.socket.display(),
+            if v.options.read_only { "off" } else { "on" },
+            v.options.queues
+        );
+        if let Some(bs) = v.options.block_size {
+            export.push_str(&format!(",logical-block-size={bs}"));
+        }
+        command.arg("--export").arg(export);
+    }
+    command
+}
+
+/// Runs strata-host with `args` (whatever the [`Target`]: this is for its
+/// command line) and waits up to [`STARTUP_TIMEOUT`] for it to exit.
+/// Returns the exit status and everything written to stderr.
+pub fn run_to_exit(args: &[String]) -> (ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-host"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning strata-host");
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for strata-host") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("strata-host {args:?} did not exit within {STARTUP_TIMEOUT:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr)
+}
