@@ -5,12 +5,9 @@
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-# qemu-system-x86 brings qemu-system-x86_64 (guest tests) and, through
-# qemu-system-common, qemu-storage-daemon (benchmark baseline). On machines
-# with backports' qemu-utils 10.0 apt replaces it, since both ship
-# qemu-storage-daemon; nothing here needs qemu-img. The test guest itself is
-# made from packages fetched with `apt-get download`, never installed.
-packages=(qemu-system-x86)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# The list and the reasons for it live in qemu-tests/guest/PACKAGES.
+mapfile -t packages < <(grep -v '^\s*\(#\|$\)' "$repo/qemu-tests/guest/PACKAGES")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
