@@ -171,7 +171,6 @@ impl VhostUserBackend for VdiskBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        tracing::trace!(device_event, ?evset, thread_id, "event");
         if evset != EventSet::IN {
             return Err(io::Error::other(format!(
                 "vdisk {}: unexpected epoll events {evset:?}",

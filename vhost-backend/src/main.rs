@@ -11,6 +11,7 @@ mod server;
 mod vdisk;
 mod virtio_config;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,12 +101,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.io,
         )
         .with_context(|| format!("vdisk {}", vdisk_config.name))?;
-        let direct = image.is_direct();
+        let (direct, io) = (image.is_direct(), image.io_kind());
         let vdisk = Arc::new(Vdisk::new(vdisk_config, Arc::new(image)));
         let server = VdiskServer::bind(vdisk.clone(), &vdisk_config.socket_path())?;
         tracing::info!(vdisk = %vdisk.name, image = %vdisk_config.path.display(), capacity = vdisk.shape.capacity,
             queues = vdisk.shape.num_queues, block_size = vdisk.shape.block_size, read_only = vdisk.shape.read_only,
-            cache = %vdisk_config.cache, direct, io = ?args.io, socket = %server.socket().display(), "serving");
+            cache = %vdisk_config.cache, direct, io, socket = %server.socket().display(), "serving");
         servers.push(Arc::new(server));
     }
 

@@ -107,11 +107,17 @@ impl QueueWorker {
         if let Err(e) = self.engine.commit() {
             tracing::error!(vdisk = %self.vdisk.name, queue = self.index, error = %e, "submitting I/O failed");
         }
-        self.on_completion()
+        // Whatever already completed (all of it, for the syscall engine).
+        self.complete_ready()
     }
 
     /// Handles the engine's completion event.
     pub fn on_completion(&mut self) -> io::Result<()> {
+        self.engine.clear_completion_event();
+        self.complete_ready()
+    }
+
+    fn complete_ready(&mut self) -> io::Result<()> {
         let mut completions = std::mem::take(&mut self.completions);
         self.engine
             .reap(&mut |tag, result| completions.push((tag, result)));

@@ -121,6 +121,9 @@ pub trait EngineQueue: Send {
     /// Starts everything queued since the last call.
     fn commit(&mut self) -> io::Result<()>;
 
+    /// Clears the completion fd after it fired; call before `reap`.
+    fn clear_completion_event(&mut self) {}
+
     /// Delivers the completions that are ready, without blocking.
     fn reap(&mut self, done: Completion<'_>);
 

@@ -22,7 +22,10 @@ pub struct RawImage {
     path: PathBuf,
     info: EngineInfo,
     direct: bool,
+    /// What was asked for.
     io_mode: IoMode,
+    /// What the kernel allowed at open: `Uring` or `Sync`.
+    io_used: IoMode,
 }
 
 impl RawImage {
@@ -66,8 +69,25 @@ impl RawImage {
                 path.display()
             );
         }
+        let file = Arc::new(file);
+        let io_used = match io_mode {
+            IoMode::Sync => IoMode::Sync,
+            IoMode::Uring | IoMode::Auto => match UringQueue::new(file.clone(), 1) {
+                Ok(_) => IoMode::Uring,
+                Err(e) if io_mode == IoMode::Auto => {
+                    tracing::warn!(image = %path.display(), error = %e,
+                        "io_uring unavailable; queues use blocking syscalls");
+                    IoMode::Sync
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot set up io_uring for image {}", path.display())
+                    })
+                }
+            },
+        };
         Ok(RawImage {
-            file: Arc::new(file),
+            file,
             path: path.to_path_buf(),
             info: EngineInfo {
                 capacity,
@@ -75,7 +95,16 @@ impl RawImage {
             },
             direct,
             io_mode,
+            io_used,
         })
+    }
+
+    /// How queues move data: "io_uring" or "syscalls".
+    pub fn io_kind(&self) -> &'static str {
+        match self.io_used {
+            IoMode::Sync => "syscalls",
+            _ => "io_uring",
+        }
     }
 
     /// Whether the image bypasses the page cache.
@@ -126,7 +155,7 @@ impl Engine for RawImage {
 
     fn new_queue(&self, queue_index: u16) -> io::Result<Box<dyn EngineQueue>> {
         let align = if self.direct { DIRECT_IO_ALIGN } else { 1 };
-        if self.io_mode != IoMode::Sync {
+        if self.io_used == IoMode::Uring {
             match UringQueue::new(self.file.clone(), align) {
                 Ok(q) => {
                     tracing::debug!(image = %self.path.display(), queue = queue_index, "io_uring queue ready");

@@ -252,10 +252,13 @@ impl EngineQueue for UringQueue {
         Ok(())
     }
 
-    fn reap(&mut self, done: Completion<'_>) {
-        // Clear the eventfd before looking, so a completion that lands after
-        // the look raises it again. EAGAIN just means it was not raised.
+    fn clear_completion_event(&mut self) {
+        // Cleared before the CQ is looked at, so a completion that lands
+        // after the look raises it again. EAGAIN just means it was not raised.
         let _ = self.eventfd.read();
+    }
+
+    fn reap(&mut self, done: Completion<'_>) {
         loop {
             let next = self.ring.completion().next();
             let Some(cqe) = next else { break };
