@@ -6,8 +6,10 @@
 //! path stays on one thread.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
@@ -15,6 +17,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::queue::{GuestMemAtomic, QueueWorker, Vring, MAX_QUEUE_SIZE};
 use crate::vdisk::Vdisk;
@@ -24,6 +27,10 @@ use crate::virtio_config::{config_window, WCE_OFFSET};
 pub struct VdiskBackend {
     vdisk: Arc<Vdisk>,
     queues: Vec<Mutex<QueueWorker>>,
+    /// Per queue: raised to ask the queue thread to shut down.
+    shutdown_events: Vec<EventFd>,
+    /// Queues that have shut down, and its condition variable.
+    shut_down: (Mutex<usize>, Condvar),
 }
 
 impl VdiskBackend {
@@ -39,8 +46,16 @@ impl VdiskBackend {
                     mem.clone(),
                 )))
             })
+            .collect::<io::Result<Vec<_>>>()?;
+        let shutdown_events = (0..queues.len())
+            .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<_>>()?;
-        Ok(VdiskBackend { vdisk, queues })
+        Ok(VdiskBackend {
+            vdisk,
+            queues,
+            shutdown_events,
+            shut_down: (Mutex::new(0), Condvar::new()),
+        })
     }
 
     /// The epoll event id of a queue's completions: above every id the
@@ -49,8 +64,14 @@ impl VdiskBackend {
         self.vdisk.shape.num_queues + 1
     }
 
-    /// Adds each queue's completion eventfd to that queue's epoll thread.
-    pub fn register_completions(
+    /// The epoll event id of a queue's shutdown request.
+    fn shutdown_event(&self) -> u16 {
+        self.vdisk.shape.num_queues + 2
+    }
+
+    /// Adds each queue's completion and shutdown eventfds to that queue's
+    /// epoll thread.
+    pub fn register_listeners(
         &self,
         handlers: &[Arc<VringEpollHandler<Arc<VdiskBackend>>>],
     ) -> io::Result<()> {
@@ -58,16 +79,41 @@ impl VdiskBackend {
             if let Some(fd) = self.queue(index).completion_fd() {
                 handler.register_listener(fd, EventSet::IN, u64::from(self.completion_event()))?;
             }
+            handler.register_listener(
+                self.shutdown_events[index].as_raw_fd(),
+                EventSet::IN,
+                u64::from(self.shutdown_event()),
+            )?;
         }
         Ok(())
     }
 
-    /// Completes everything in flight on every queue; with `stop`, the queues
-    /// take no more requests (shutdown).
-    pub fn drain(&self, stop: bool) {
+    /// Completes everything in flight on every queue.
+    pub fn drain(&self) {
         for index in 0..self.queues.len() {
-            self.queue(index).drain(stop);
+            self.queue(index).drain(false);
         }
+    }
+
+    /// Daemon shutdown: each queue thread takes what the guest already made
+    /// available, completes everything and stops taking requests. Waits up
+    /// to `deadline` for all queues; returns whether they all finished.
+    pub fn shut_down(&self, deadline: Duration) -> bool {
+        for event in &self.shutdown_events {
+            if let Err(e) = event.write(1) {
+                tracing::error!(vdisk = %self.vdisk.name, error = %e, "cannot ask a queue to shut down");
+            }
+        }
+        let (done, all_done) = &self.shut_down;
+        let done = done.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (done, timeout) = all_done
+            .wait_timeout_while(done, deadline, |n| *n < self.queues.len())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if timeout.timed_out() {
+            tracing::error!(vdisk = %self.vdisk.name, finished = *done, queues = self.queues.len(),
+                "queues did not finish in-flight I/O in time");
+        }
+        !timeout.timed_out()
     }
 
     fn queue(&self, index: usize) -> MutexGuard<'_, QueueWorker> {
@@ -161,7 +207,7 @@ impl VhostUserBackend for VdiskBackend {
     }
 
     fn reset_device(&self) {
-        self.drain(false);
+        self.drain();
     }
 
     fn handle_event(
@@ -180,6 +226,17 @@ impl VhostUserBackend for VdiskBackend {
         let mut queue = self.queue(thread_id);
         if device_event == self.completion_event() {
             queue.on_completion()
+        } else if device_event == self.shutdown_event() {
+            // One queue per thread: its vring is the thread's only one.
+            let _ = self.shutdown_events[thread_id].read();
+            if let Some(vring) = vrings.first() {
+                queue.shut_down(vring);
+            }
+            drop(queue);
+            let (done, all_done) = &self.shut_down;
+            *done.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += 1;
+            all_done.notify_all();
+            Ok(())
         } else if let Some(vring) = vrings.get(usize::from(device_event)) {
             queue.on_kick(vring)
         } else {

@@ -126,8 +126,26 @@ impl QueueWorker {
         self.signal()
     }
 
+    /// Daemon shutdown, on the queue's own thread: takes every request the
+    /// guest has already made available, completes all of them, and then
+    /// takes no more.
+    pub fn shut_down(&mut self, vring: &Vring) {
+        let started = {
+            let state = vring.get_ref();
+            state.get_queue().ready() && state.is_enabled()
+        };
+        if started {
+            self.vring.get_or_insert_with(|| vring.clone());
+            self.pop_all(vring);
+            if let Err(e) = self.engine.commit() {
+                tracing::error!(vdisk = %self.vdisk.name, queue = self.index, error = %e, "submitting I/O failed");
+            }
+        }
+        self.drain(true);
+    }
+
     /// Waits for everything in flight and completes it; with `stop`, takes
-    /// no new requests afterwards (daemon shutdown).
+    /// no new requests afterwards.
     pub fn drain(&mut self, stop: bool) {
         self.stopped |= stop;
         let mut completions = std::mem::take(&mut self.completions);

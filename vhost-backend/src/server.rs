@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use vhost::vhost_user::Listener;
@@ -15,6 +16,9 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::backend::VdiskBackend;
 use crate::vdisk::Vdisk;
+
+/// How long shutdown waits for the queues to complete their I/O.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A vdisk's socket and the connection being served on it.
 pub struct VdiskServer {
@@ -89,7 +93,7 @@ impl VdiskServer {
         let mut daemon = VhostUserDaemon::new(self.vdisk.name.clone(), backend.clone(), mem)
             .map_err(|e| anyhow::anyhow!("cannot create the vhost-user daemon: {e}"))?;
         backend
-            .register_completions(&daemon.get_epoll_handlers())
+            .register_listeners(&daemon.get_epoll_handlers())
             .context("cannot watch I/O completions")?;
         *self.lock_current() = Some(backend.clone());
 
@@ -99,7 +103,7 @@ impl VdiskServer {
         tracing::info!(vdisk = %self.vdisk.name, socket = %self.socket.display(), "frontend connected");
         let result = daemon.wait();
         // The frontend is gone: finish what it submitted before the rings go.
-        backend.drain(false);
+        backend.drain();
         *self.lock_current() = None;
         drop(daemon);
         match result {
@@ -120,11 +124,13 @@ impl VdiskServer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Stops taking requests and completes the ones in flight.
+    /// Takes the requests the guest has made available, completes them and
+    /// everything in flight, and stops taking requests.
     pub fn shut_down(&self) {
         self.stopping.store(true, Ordering::Release);
-        if let Some(backend) = self.lock_current().as_ref() {
-            backend.drain(true);
+        let backend = self.lock_current().clone();
+        if let Some(backend) = backend {
+            backend.shut_down(SHUTDOWN_DEADLINE);
         }
     }
 

@@ -5,7 +5,8 @@
 //! initial content). The daemon is `strata-host` unless
 //! `STRATA_TEST_DAEMON=qsd` selects `qemu-storage-daemon` (see [`Target`]).
 //! Everything lives in a temporary directory that goes away with the
-//! [`Daemon`], which kills the process.
+//! [`Daemon`], which kills the process unless a test has already stopped it
+//! with [`Daemon::signal`] and [`Daemon::wait_for_exit`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -31,7 +32,8 @@ pub const PROBE_SECTOR: u64 = 2048;
 pub const PROBE_LEN: usize = 4096;
 
 /// How long the daemon may take to create its sockets (or to exit, for
-/// [`run_to_exit`]); also a sensible bound for reconnecting to a socket.
+/// [`run_to_exit`] and after SIGTERM); also a sensible bound for
+/// reconnecting to a socket.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Interval at which startup and exits are polled.
 const POLL: Duration = Duration::from_millis(10);
@@ -203,12 +205,25 @@ impl Daemon {
 
     /// Starts the daemon selected by [`Target::from_env`] serving `vdisks`.
     pub fn start_many(vdisks: Vec<VdiskOptions>) -> Daemon {
-        Daemon::start_target(Target::from_env(), vdisks)
+        Daemon::start_target(Target::from_env(), vdisks, &[])
     }
 
-    /// Starts `target` serving `vdisks` and waits until every socket exists.
-    pub fn start_target(target: Target, vdisks: Vec<VdiskOptions>) -> Daemon {
+    /// Starts strata-host serving one vdisk with the daemon flags `args`
+    /// (such as `--io sync`) besides the `--vdisk`. Panics if
+    /// `STRATA_TEST_DAEMON` selects another target: tests of strata-host
+    /// flags skip themselves then.
+    pub fn start_with_args(options: VdiskOptions, args: &[&str]) -> Daemon {
+        Daemon::start_target(Target::from_env(), vec![options], args)
+    }
+
+    /// Starts `target` serving `vdisks` with the extra strata-host flags
+    /// `args`, and waits until every socket exists.
+    pub fn start_target(target: Target, vdisks: Vec<VdiskOptions>, args: &[&str]) -> Daemon {
         assert!(!vdisks.is_empty(), "a daemon needs at least one vdisk");
+        assert!(
+            args.is_empty() || target == Target::StrataHost,
+            "strata-host flags {args:?} given to {target:?}"
+        );
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let vdisks: Vec<Vdisk> = vdisks
             .into_iter()
@@ -226,6 +241,7 @@ impl Daemon {
             Target::StrataHost => strata_host_command(&vdisks),
             Target::Qsd => qsd_command(&vdisks),
         };
+        command.args(args);
         let log = dir.path().join("daemon.log");
         let log_file = File::create(&log).expect("creating the daemon log");
         let child = command
@@ -297,6 +313,47 @@ impl Daemon {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
             panic!("{:?} died with {status}; log:\n{}", self.target, self.log());
         }
+    }
+
+    /// Sends `signal` to the running daemon without waiting for any effect.
+    /// SIGTERM asks it to finish in-flight I/O, remove its sockets and exit 0
+    /// (docs/HOST-CLI.md): see [`Daemon::wait_for_exit`].
+    pub fn signal(&mut self, signal: libc::c_int) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_none(),
+            "{:?} exited before signal {signal}; log:\n{}",
+            self.target,
+            self.log()
+        );
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) has no memory-safety preconditions. The child is
+        // not reaped (try_wait just found it running), so `pid` is still its.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits up to `timeout` for the daemon to exit and returns its status;
+    /// panics (with the log) if it is still running then.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_with_deadline(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "{:?} did not exit within {timeout:?}; log:\n{}",
+                self.target,
+                self.log()
+            )
+        })
+    }
+
+    /// How many io_uring instances the daemon has open (strata-host keeps
+    /// one per queue thread when queues use io_uring, none with `--io sync`).
+    pub fn io_uring_instances(&self) -> usize {
+        let fds = PathBuf::from(format!("/proc/{}/fd", self.child.id()));
+        fs::read_dir(&fds)
+            .unwrap_or_else(|e| panic!("listing {}: {e}", fds.display()))
+            // An fd may close between listing and reading its link.
+            .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.as_os_str() == "anon_inode:[io_uring]")
+            .count()
     }
 }
 
@@ -377,21 +434,28 @@ pub fn run_to_exit(args: &[String]) -> (ExitStatus, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning strata-host");
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for strata-host") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("strata-host {args:?} did not exit within {STARTUP_TIMEOUT:?}");
-        }
-        std::thread::sleep(POLL);
+    let Some(status) = wait_with_deadline(&mut child, STARTUP_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("strata-host {args:?} did not exit within {STARTUP_TIMEOUT:?}");
     };
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         let _ = pipe.read_to_string(&mut stderr);
     }
     (status, stderr)
+}
+
+/// Polls `child` until it exits (its status) or `timeout` passes (`None`).
+fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the daemon") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
 }

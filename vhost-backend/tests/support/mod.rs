@@ -3,7 +3,8 @@
 //!
 //! - [`daemon`]: starting the vhost-user-blk daemon under test on scratch
 //!   images (one or more vdisks, with queues, block size, read-only, size and
-//!   initial content), and running strata-host to its exit.
+//!   initial content, and extra strata-host flags), signalling it and waiting
+//!   for its exit, and running strata-host to its exit.
 //! - [`data`]: deterministic pseudo-random test data and byte comparisons.
 //! - [`vhost_frontend`]: a scriptable vhost-user-blk frontend that can put
 //!   arbitrary (including malformed) descriptor chains on a virtqueue.
