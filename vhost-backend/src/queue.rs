@@ -156,7 +156,8 @@ impl QueueWorker {
         let queue_size = vring.get_ref().get_queue().size();
         while !self.stopped {
             let Some(slot) = self.take_slot() else {
-                // Every slot is busy: the rest waits for completions.
+                // Unreachable in practice: a queue cannot hold more chains
+                // than MAX_QUEUE_SIZE, the most slots there are.
                 break;
             };
             let mem = self.mem.memory();
