@@ -9,6 +9,12 @@
 #           real blocks rather than holes.
 #   flags   passed through to `strata-bench compare`, e.g.
 #           --rw randread --bs 4k --iodepth 32 --runtime 10 [--json]
+#           --rounds N splits the run into N rounds: each round runs every
+#           target for --runtime, the order rotating by one target per
+#           round, so that drift in the disk's speed does not favour
+#           whichever target ran first. The table shows totals over all
+#           rounds and each target's lowest and highest per-round IOPS,
+#           e.g. --runtime 3 --rounds 5 instead of --runtime 15.
 #
 # Environment:
 #   SIZE=1G         size of a newly created IMAGE (K/M/G suffixes)
@@ -23,7 +29,8 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment block at the top of this file, without the '#'s.
+    sed -n '2,/^[^#]/ s/^# \{0,1\}//p' "$0"
     exit 2
 }
 

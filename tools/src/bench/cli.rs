@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
+use super::compare::run_compare;
 use super::pattern::Pattern;
 use super::report::{format_compare, format_run, CompareReport, RunReport, WorkloadSummary};
 use super::run::{fresh_seed, run_target};
@@ -60,6 +61,18 @@ the exit code is 3. --verify-passes write|read splits the two passes \
 across runs (use the same --seed and workload), e.g. to check data \
 survives a daemon restart.
 
+ROUNDS (compare --rounds N)
+  The speed of shared or virtual storage drifts over time, so targets run \
+one after another for the whole --runtime are partly compared with a \
+different moment of the disk. --rounds N runs every target for --runtime \
+(or --ios) once per round, the order rotating by one target each round, \
+and reports each target's totals over all rounds (all I/Os over all \
+measured time, latency percentiles of all I/Os) next to its lowest and \
+highest per-round IOPS. Each target stays connected across its rounds \
+unless another target names the same socket; round 1 uses --seed, later \
+rounds seeds derived from it. With a multiple of the number of targets as \
+N, every target runs in every position equally often.
+
 EXIT CODES
   0 success, 1 failure (including any failed target in compare mode), \
 2 bad usage, 3 verification mismatch.
@@ -69,7 +82,9 @@ EXAMPLES
   strata-bench run --target file:/var/lib/img.raw --rw randrw --rwmix-read 70 --queues 2 --json
   strata-bench run --target vhost-user:/tmp/a.sock --rw randwrite --size 256M --verify
   strata-bench compare --target strata=vhost-user:/tmp/s.sock --target qsd=vhost-user:/tmp/q.sock \\
-      --target file=file:/tmp/img --rw randwrite --bs 4k --iodepth 32 --runtime 10";
+      --target file=file:/tmp/img --rw randwrite --bs 4k --iodepth 32 --runtime 10
+  strata-bench compare --target a=vhost-user:/tmp/a.sock --target b=vhost-user:/tmp/b.sock \\
+      --rw randread --bs 4k --iodepth 32 --runtime 3 --rounds 5";
 
 /// The `strata-bench` command line.
 #[derive(Debug, Parser)]
@@ -111,7 +126,8 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct CompareArgs {
     /// A named target, NAME=vhost-user:SOCKET or NAME=file:PATH. Repeat for
-    /// each target; they run one after another in this order.
+    /// each target; they run one after another in this order (rotated each
+    /// round with --rounds).
     #[arg(
         long = "target",
         short = 't',
@@ -123,6 +139,13 @@ pub struct CompareArgs {
     /// The target the others are compared with (default: the first).
     #[arg(long, value_name = "NAME")]
     pub baseline: Option<String>,
+
+    /// Split the comparison into N rounds: each round runs every target for
+    /// --runtime (or --ios), starting with the next target each time, and
+    /// the figures are totals over all rounds with the per-round IOPS range
+    /// (see ROUNDS in strata-bench --help).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rounds: u32,
 
     /// The workload, run identically on every target.
     #[command(flatten)]
@@ -321,24 +344,14 @@ fn compare(args: CompareArgs) -> Result<ExitCode> {
         }
         None => args.targets[0].name.clone(),
     };
-    let workload = WorkloadSummary::new(&spec);
-    let mut outcomes = Vec::new();
-    let mut mismatch = false;
-    for target in &args.targets {
-        eprintln!(
-            "strata-bench: {} on {} ({})...",
-            workload.line(),
-            target.name,
-            target.spec
-        );
-        let outcome = run_target(&target.name, &target.spec, &spec).map_err(|e| {
-            mismatch |= e.downcast_ref::<Mismatch>().is_some();
-            eprintln!("strata-bench: error: {}: {e:#}", target.name);
-            format!("{e:#}")
-        });
-        outcomes.push((target.name.clone(), target.spec.to_string(), outcome));
+    let rounds = usize::try_from(args.rounds)?;
+    if rounds > 1 && spec.verify.is_some() {
+        bail!("--rounds applies to timed runs, not to --verify");
     }
-    let report = CompareReport::new(workload, &baseline, outcomes);
+    let outcomes = run_compare(&args.targets, &spec, rounds);
+    let mismatch = outcomes.iter().any(|o| o.mismatch);
+    let workload = WorkloadSummary::new(&spec);
+    let report = CompareReport::new(workload, &baseline, rounds, outcomes);
     if args.workload.json {
         print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
@@ -409,6 +422,33 @@ mod tests {
         assert_eq!(spec.block_size, 65536);
         assert_eq!(spec.limit, Limit::Ios(1000));
         assert_eq!(spec.read_percent(), 70);
+    }
+
+    #[test]
+    fn rounds_default_to_one_and_must_be_positive() {
+        let parse = |extra: &[&str]| {
+            let base = [
+                "strata-bench",
+                "compare",
+                "--target",
+                "a=file:/nonexistent/a",
+            ];
+            Cli::try_parse_from(base.iter().chain(extra.iter()).copied())
+        };
+        let rounds = |extra: &[&str]| match parse(extra).map(|cli| cli.command) {
+            Ok(Command::Compare(args)) => Some(args.rounds),
+            _ => None,
+        };
+        assert_eq!(rounds(&[]), Some(1));
+        assert_eq!(rounds(&["--rounds", "5"]), Some(5));
+        assert_eq!(rounds(&["--rounds", "0"]), None);
+        assert_eq!(rounds(&["--rounds", "x"]), None);
+        let Ok(Command::Compare(args)) = parse(&["--rounds", "2", "--verify"]).map(|c| c.command)
+        else {
+            panic!("expected compare");
+        };
+        let error = compare(args).unwrap_err().to_string();
+        assert!(error.contains("--rounds"), "{error}");
     }
 
     #[test]

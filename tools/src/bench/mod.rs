@@ -17,15 +17,21 @@
 //! - [`stats`]: per-queue counters and latency histograms.
 //! - [`worker`]: the per-queue submission/completion loop.
 //! - [`run`]: running one workload on one target across all queues.
+//! - [`schedule`]: the rotated target order and the seed of each round.
+//! - [`aggregate`]: one target's figures across rounds.
+//! - [`compare`]: running a comparison of several targets in rounds.
 //! - [`report`]: human-readable and JSON output, the comparison table.
 //! - [`cli`]: the command line.
 
+pub mod aggregate;
 pub mod cli;
+pub mod compare;
 pub mod device;
 pub mod pattern;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod schedule;
 pub mod size;
 pub mod stats;
 pub mod tag;

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::aggregate::{PhaseSpread, RoundFigures};
+use super::compare::TargetOutcome;
 use super::run::TargetRun;
 use super::size::format_size;
 use super::stats::{OpSummary, PhaseSummary};
@@ -135,12 +137,16 @@ pub struct CompareEntry {
     pub name: String,
     /// The target spec.
     pub target: String,
-    /// The results, if it ran.
+    /// The results over all rounds, if it ran.
     pub result: Option<TargetRun>,
     /// The error, if it did not.
     pub error: Option<String>,
     /// Ratios against the baseline, one per phase (empty if either failed).
     pub ratios: Vec<PhaseRatios>,
+    /// The lowest and highest per-round IOPS, one per phase.
+    pub spread: Vec<PhaseSpread>,
+    /// The figures of each round the target completed.
+    pub rounds: Vec<RoundFigures>,
 }
 
 /// The JSON document of `strata-bench compare --json`.
@@ -150,7 +156,10 @@ pub struct CompareReport {
     pub workload: WorkloadSummary,
     /// The name of the baseline target.
     pub baseline: String,
-    /// The targets, in the order they ran.
+    /// Rounds the comparison was split into; each target ran the workload
+    /// once per round.
+    pub rounds: usize,
+    /// The targets, in the order given (the order of the first round).
     pub targets: Vec<CompareEntry>,
 }
 
@@ -159,17 +168,18 @@ impl CompareReport {
     pub fn new(
         workload: WorkloadSummary,
         baseline: &str,
-        outcomes: Vec<(String, String, Result<TargetRun, String>)>,
+        rounds: usize,
+        outcomes: Vec<TargetOutcome>,
     ) -> Self {
         let base = outcomes
             .iter()
-            .find(|(name, _, _)| name == baseline)
-            .and_then(|(_, _, r)| r.as_ref().ok())
+            .find(|o| o.name == baseline)
+            .and_then(|o| o.result.as_ref().ok())
             .cloned();
         let targets = outcomes
             .into_iter()
-            .map(|(name, target, outcome)| {
-                let (result, error) = match outcome {
+            .map(|o| {
+                let (result, error) = match o.result {
                     Ok(run) => (Some(run), None),
                     Err(e) => (None, Some(e)),
                 };
@@ -178,17 +188,20 @@ impl CompareReport {
                     _ => Vec::new(),
                 };
                 CompareEntry {
-                    name,
-                    target,
+                    name: o.name,
+                    target: o.target,
                     result,
                     error,
                     ratios,
+                    spread: o.spread,
+                    rounds: o.rounds,
                 }
             })
             .collect();
         CompareReport {
             workload,
             baseline: baseline.to_string(),
+            rounds,
             targets,
         }
     }
@@ -294,6 +307,22 @@ pub fn format_compare(report: &CompareReport) -> String {
         "ratios:   against {} (IOPS above 1.00x is faster, latency above 1.00x is slower)",
         report.baseline
     );
+    let multi = report.rounds > 1;
+    if multi {
+        let _ = writeln!(
+            out,
+            "rounds:   {}, each running every target once in a rotated order; figures are over all rounds, min/max IOPS per round",
+            report.rounds
+        );
+    }
+    // The per-round IOPS range, shown only when there are several rounds.
+    let spread_columns = |min: &str, max: &str| {
+        if multi {
+            format!(" {min:>11} {max:>11}")
+        } else {
+            String::new()
+        }
+    };
     let width = report
         .targets
         .iter()
@@ -304,10 +333,11 @@ pub fn format_compare(report: &CompareReport) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "  {:<width$} {:<12} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "  {:<width$} {:<12} {:>11}{} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "target",
         "phase",
         "IOPS",
+        spread_columns("min IOPS", "max IOPS"),
         "MiB/s",
         "p50 us",
         "p99 us",
@@ -323,12 +353,20 @@ pub fn format_compare(report: &CompareReport) -> String {
                 for phase in &run.phases {
                     let s = &phase.total;
                     let r = entry.ratios.iter().find(|r| r.phase == phase.phase);
+                    let spread = match entry.spread.iter().find(|s| s.phase == phase.phase) {
+                        Some(s) => spread_columns(
+                            &format!("{:.1}", s.iops_min),
+                            &format!("{:.1}", s.iops_max),
+                        ),
+                        None => spread_columns("-", "-"),
+                    };
                     let _ = writeln!(
                         out,
-                        "  {:<width$} {:<12} {:>11.1} {:>9.2} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>8} {:>8} {:>8}",
+                        "  {:<width$} {:<12} {:>11.1}{} {:>9.2} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>8} {:>8} {:>8}",
                         entry.name,
                         phase.phase,
                         s.iops,
+                        spread,
                         s.mib_per_s,
                         s.latency_us.p50,
                         s.latency_us.p99,
@@ -410,17 +448,50 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ratios_are_against_the_baseline() {
-        let report = CompareReport::new(
+    fn outcome(name: &str, result: Result<TargetRun, String>) -> TargetOutcome {
+        let spread = match &result {
+            Ok(run) => vec![PhaseSpread {
+                phase: "workload".to_string(),
+                iops_min: run.phases[0].total.iops - 5.0,
+                iops_max: run.phases[0].total.iops + 5.0,
+            }],
+            Err(_) => Vec::new(),
+        };
+        let rounds = match &result {
+            Ok(run) => vec![RoundFigures {
+                round: 0,
+                position: 0,
+                seed: "0x1".to_string(),
+                phases: run.phases.clone(),
+            }],
+            Err(_) => Vec::new(),
+        };
+        TargetOutcome {
+            name: name.to_string(),
+            target: format!("file:/{name}"),
+            result,
+            rounds,
+            spread,
+            mismatch: false,
+        }
+    }
+
+    fn report(rounds: usize) -> CompareReport {
+        CompareReport::new(
             workload(),
             "b",
+            rounds,
             vec![
-                ("a".into(), "file:/a".into(), Ok(run("a", 50.0, 20.0))),
-                ("b".into(), "file:/b".into(), Ok(run("b", 100.0, 10.0))),
-                ("c".into(), "file:/c".into(), Err("boom".into())),
+                outcome("a", Ok(run("a", 50.0, 20.0))),
+                outcome("b", Ok(run("b", 100.0, 10.0))),
+                outcome("c", Err("round 2/4: boom".into())),
             ],
-        );
+        )
+    }
+
+    #[test]
+    fn ratios_are_against_the_baseline() {
+        let report = report(1);
         let a = &report.targets[0].ratios[0];
         assert_eq!(a.iops, Some(0.5));
         assert_eq!(a.p99, Some(2.0));
@@ -429,9 +500,27 @@ mod tests {
         assert!(!report.all_ok());
         let table = format_compare(&report);
         assert!(table.contains("0.50x"), "{table}");
-        assert!(table.contains("FAILED: boom"), "{table}");
+        assert!(table.contains("FAILED: round 2/4: boom"), "{table}");
+        assert!(!table.contains("rounds:"), "{table}");
+        assert!(!table.contains("min IOPS"), "{table}");
         let json = serde_json::to_string(&report).unwrap();
         assert!(json.contains("\"baseline\":\"b\""));
+    }
+
+    #[test]
+    fn several_rounds_show_the_iops_range_and_per_round_figures() {
+        let report = report(4);
+        let table = format_compare(&report);
+        assert!(table.contains("rounds:   4,"), "{table}");
+        assert!(table.contains("min IOPS    max IOPS"), "{table}");
+        let a = table.lines().find(|l| l.starts_with("  a ")).unwrap();
+        assert!(a.contains("50.0        45.0        55.0"), "{table}");
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["rounds"], 4);
+        let a = &json["targets"][0];
+        assert_eq!(a["spread"][0]["iops_max"], 55.0);
+        assert_eq!(a["rounds"][0]["phases"][0]["total"]["iops"], 50.0);
+        assert_eq!(json["targets"][2]["rounds"].as_array().unwrap().len(), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Running one workload on one target: open the device, work out the
 //! region, run each phase on all queues at once (one thread per queue), and
-//! summarise.
+//! summarise. A [`Session`] keeps the target open to run the workload again
+//! (the rounds of `strata-bench compare --rounds`).
 
 use std::time::Duration;
 
@@ -43,105 +44,169 @@ impl TargetRun {
 
 /// Runs `workload` on `spec`, labelled `name`.
 pub fn run_target(name: &str, spec: &TargetSpec, workload: &WorkloadSpec) -> Result<TargetRun> {
-    workload.validate().map_err(|e| anyhow!(e))?;
-    let block_size = usize::try_from(workload.block_size).context("--bs too large")?;
-    let pool_len = if workload.verify.is_some() {
-        0
-    } else {
-        PatternWriter::pool_len(workload.pattern, block_size, workload.dup_blocks)
-    };
-    let layout = Layout::new(
-        block_size,
-        workload.iodepth,
-        workload.has_reads(),
-        workload.has_writes(),
-        if workload.has_writes() { pool_len } else { 0 },
-    )?;
-    let config = DeviceConfig {
-        queues: workload.queues,
-        iodepth: workload.iodepth,
-        read_only: !workload.has_writes(),
-        memory_per_queue: layout.total(),
-    };
-    let mut device = Device::open(spec, &config)?;
-    let info = device.info().clone();
-    let region = resolve_region(&info, spec, workload)?;
-    let mut queues = device.take_queues();
+    let mut session = Session::open(spec, workload)?;
+    let phases = session
+        .run(workload.seed)?
+        .iter()
+        .map(|p| p.stats.summary(p.phase))
+        .collect::<Result<_>>()?;
+    Ok(session.describe(name, phases))
+}
 
-    let phases = if let Some(passes) = workload.verify {
-        let random = workload.workload.is_random();
-        let pass = |op: Op| -> Vec<Job> {
-            (0..workload.queues)
+/// What one phase of a run measured, before summarising.
+#[derive(Clone, Debug)]
+pub struct PhaseRun {
+    /// `workload`, `verify-write` or `verify-read`.
+    pub phase: &'static str,
+    /// The merged counters of all queues.
+    pub stats: PhaseStats,
+}
+
+/// A target opened for one workload: the device, its queues and the region
+/// the workload uses, ready to run the workload as often as needed.
+///
+/// Dropping it disconnects from the target.
+pub struct Session {
+    /// Declared before `device`, so dropped first: the queues and their I/O
+    /// memory belong to the device.
+    queues: Vec<QueueIo>,
+    device: Device,
+    spec: TargetSpec,
+    workload: WorkloadSpec,
+    region: Region,
+    layout: Layout,
+    /// Bytes per I/O.
+    block_size: usize,
+}
+
+impl Session {
+    /// Connects to `spec` with the queues, ring sizes and I/O memory that
+    /// `workload` needs, and checks that the workload suits the device.
+    pub fn open(spec: &TargetSpec, workload: &WorkloadSpec) -> Result<Session> {
+        workload.validate().map_err(|e| anyhow!(e))?;
+        let block_size = usize::try_from(workload.block_size).context("--bs too large")?;
+        let pool_len = if workload.verify.is_some() {
+            0
+        } else {
+            PatternWriter::pool_len(workload.pattern, block_size, workload.dup_blocks)
+        };
+        let layout = Layout::new(
+            block_size,
+            workload.iodepth,
+            workload.has_reads(),
+            workload.has_writes(),
+            if workload.has_writes() { pool_len } else { 0 },
+        )?;
+        let config = DeviceConfig {
+            queues: workload.queues,
+            iodepth: workload.iodepth,
+            read_only: !workload.has_writes(),
+            memory_per_queue: layout.total(),
+        };
+        let mut device = Device::open(spec, &config)?;
+        let region = resolve_region(device.info(), spec, workload)?;
+        let queues = device.take_queues();
+        Ok(Session {
+            queues,
+            device,
+            spec: spec.clone(),
+            workload: workload.clone(),
+            region,
+            layout,
+            block_size,
+        })
+    }
+
+    /// Runs the workload once with `seed` in place of the workload's own
+    /// (offsets, data and verification generation): the timed `workload`
+    /// phase, or the passes of `--verify`.
+    pub fn run(&mut self, seed: u64) -> Result<Vec<PhaseRun>> {
+        let workload = WorkloadSpec {
+            seed,
+            ..self.workload.clone()
+        };
+        let (region, layout, block_size) = (self.region, self.layout, self.block_size);
+        let mut phases = Vec::new();
+        if let Some(passes) = workload.verify {
+            let random = workload.workload.is_random();
+            let pass = |op: Op| -> Vec<Job> {
+                (0..workload.queues)
+                    .map(|q| Job {
+                        queue: q,
+                        generator: OpGenerator::for_pass(
+                            op,
+                            random,
+                            region,
+                            q,
+                            workload.queues,
+                            workload.seed,
+                        ),
+                        payload: Payload::Verify {
+                            generation: workload.seed,
+                        },
+                        max_ios: None,
+                        runtime: None,
+                        iodepth: workload.iodepth,
+                        layout,
+                        io_timeout: workload.io_timeout,
+                    })
+                    .collect()
+            };
+            let steps = [
+                (passes.writes(), Op::Write, "verify-write", "write"),
+                (passes.reads(), Op::Read, "verify-read", "read"),
+            ];
+            for (wanted, op, phase, name) in steps {
+                if wanted {
+                    let stats = run_phase(&mut self.queues, pass(op))
+                        .with_context(|| format!("verification {name} pass"))?;
+                    phases.push(PhaseRun { phase, stats });
+                }
+            }
+        } else {
+            let jobs = (0..workload.queues)
                 .map(|q| Job {
                     queue: q,
-                    generator: OpGenerator::for_pass(
-                        op,
-                        random,
-                        region,
-                        q,
-                        workload.queues,
+                    generator: OpGenerator::for_workload(&workload, region, q),
+                    payload: Payload::Pattern(PatternWriter::new(
+                        workload.pattern,
                         workload.seed,
-                    ),
-                    payload: Payload::Verify {
-                        generation: workload.seed,
+                        q,
+                        block_size,
+                        workload.dup_blocks,
+                    )),
+                    max_ios: workload.ios_for_queue(q),
+                    runtime: match workload.limit {
+                        Limit::Runtime(d) => Some(d),
+                        Limit::Ios(_) => None,
                     },
-                    max_ios: None,
-                    runtime: None,
                     iodepth: workload.iodepth,
                     layout,
                     io_timeout: workload.io_timeout,
                 })
-                .collect()
-        };
-        let mut phases = Vec::new();
-        if passes.writes() {
-            let written =
-                run_phase(&mut queues, pass(Op::Write)).context("verification write pass")?;
-            phases.push(written.summary("verify-write")?);
+                .collect();
+            let stats = run_phase(&mut self.queues, jobs).context("workload")?;
+            phases.push(PhaseRun {
+                phase: "workload",
+                stats,
+            });
         }
-        if passes.reads() {
-            let read = run_phase(&mut queues, pass(Op::Read)).context("verification read pass")?;
-            phases.push(read.summary("verify-read")?);
-        }
-        phases
-    } else {
-        let jobs = (0..workload.queues)
-            .map(|q| Job {
-                queue: q,
-                generator: OpGenerator::for_workload(workload, region, q),
-                payload: Payload::Pattern(PatternWriter::new(
-                    workload.pattern,
-                    workload.seed,
-                    q,
-                    block_size,
-                    workload.dup_blocks,
-                )),
-                max_ios: workload.ios_for_queue(q),
-                runtime: match workload.limit {
-                    Limit::Runtime(d) => Some(d),
-                    Limit::Ios(_) => None,
-                },
-                iodepth: workload.iodepth,
-                layout,
-                io_timeout: workload.io_timeout,
-            })
-            .collect();
-        let stats = run_phase(&mut queues, jobs).context("workload")?;
-        vec![stats.summary("workload")?]
-    };
+        Ok(phases)
+    }
 
-    // Queues go before the device (which disconnects on drop).
-    drop(queues);
-    drop(device);
-    Ok(TargetRun {
-        name: name.to_string(),
-        target: spec.to_string(),
-        driver: info.driver.to_string(),
-        capacity: info.capacity,
-        block_size: info.request_alignment,
-        region_bytes: region.bytes(),
-        phases,
-    })
+    /// The target's description with `phases` as its results.
+    pub fn describe(&self, name: &str, phases: Vec<PhaseSummary>) -> TargetRun {
+        let info = self.device.info();
+        TargetRun {
+            name: name.to_string(),
+            target: self.spec.to_string(),
+            driver: info.driver.to_string(),
+            capacity: info.capacity,
+            block_size: info.request_alignment,
+            region_bytes: self.region.bytes(),
+            phases,
+        }
+    }
 }
 
 /// Works out which part of the device the workload uses and checks that the

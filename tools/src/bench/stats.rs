@@ -139,17 +139,7 @@ impl PhaseStats {
 
     /// Summarises the phase.
     pub fn summary(&self, phase: &str) -> Result<PhaseSummary> {
-        let elapsed = self.elapsed();
-        let mut total = self.read.clone();
-        total.merge(&self.write)?;
-        let part = |s: &OpStats| (s.ios > 0).then(|| s.summary(elapsed));
-        Ok(PhaseSummary {
-            phase: phase.to_string(),
-            elapsed_s: elapsed.as_secs_f64(),
-            total: total.summary(elapsed),
-            read: part(&self.read),
-            write: part(&self.write),
-        })
+        PhaseSummary::new(phase, &self.read, &self.write, self.elapsed())
     }
 }
 
@@ -197,6 +187,22 @@ pub struct PhaseSummary {
     pub read: Option<OpSummary>,
     /// Writes alone, if there were any.
     pub write: Option<OpSummary>,
+}
+
+impl PhaseSummary {
+    /// Summarises the reads and writes of `phase`, measured over `elapsed`.
+    pub fn new(phase: &str, read: &OpStats, write: &OpStats, elapsed: Duration) -> Result<Self> {
+        let mut total = read.clone();
+        total.merge(write)?;
+        let part = |s: &OpStats| (s.ios > 0).then(|| s.summary(elapsed));
+        Ok(PhaseSummary {
+            phase: phase.to_string(),
+            elapsed_s: elapsed.as_secs_f64(),
+            total: total.summary(elapsed),
+            read: part(read),
+            write: part(write),
+        })
+    }
 }
 
 #[cfg(test)]
