@@ -830,6 +830,27 @@ fn discard_and_write_zeroes(io: Io) {
 }
 
 #[test]
+fn writethrough_vdisk_needs_no_flush_and_writes_land() {
+    if skip_unless_strata("writethrough_vdisk_needs_no_flush_and_writes_land") {
+        return;
+    }
+    let daemon = Daemon::start(VdiskOptions::new(4 * MIB).writethrough());
+    let mut client = Client::open(&daemon, 1);
+    assert!(
+        !client.blkio.get_bool("flush-needed").expect("flush-needed"),
+        "cache=writethrough must tell the driver its writes need no flush (WCE=0)"
+    );
+    let data = TestRng::new(7).bytes(64 * 1024);
+    client.q().write(MIB, &data).expect("write");
+    let image = fs::File::open(daemon.vdisk(0).image()).expect("image");
+    let mut on_disk = vec![0u8; data.len()];
+    image
+        .read_exact_at(&mut on_disk, MIB)
+        .expect("reading the image");
+    assert_bytes_eq(&on_disk, &data, MIB, "backing file right after the write");
+}
+
+#[test]
 fn flush_and_fua_writes_reach_the_backing_file() {
     let size = 4 * MIB;
     let daemon = Daemon::start(VdiskOptions::new(size));

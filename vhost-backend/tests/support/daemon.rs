@@ -73,6 +73,8 @@ pub struct VdiskOptions {
     queues: usize,
     block_size: Option<u32>,
     read_only: bool,
+    /// Start with the write cache off (`cache=writethrough`).
+    writethrough: bool,
     /// `(offset, bytes)` written into a sparse image before the daemon starts.
     preset: Vec<(u64, Vec<u8>)>,
 }
@@ -90,6 +92,7 @@ impl VdiskOptions {
             queues: 1,
             block_size: None,
             read_only: false,
+            writethrough: false,
             preset: Vec::new(),
         }
     }
@@ -117,6 +120,12 @@ impl VdiskOptions {
 
     pub fn read_only(mut self) -> Self {
         self.read_only = true;
+        self
+    }
+
+    /// strata-host's `cache=writethrough`: writes are durable when they complete.
+    pub fn writethrough(mut self) -> Self {
+        self.writethrough = true;
         self
     }
 
@@ -389,6 +398,9 @@ fn strata_host_command(vdisks: &[Vdisk]) -> Command {
         }
         if v.options.read_only {
             spec.push_str(",read-only");
+        }
+        if v.options.writethrough {
+            spec.push_str(",cache=writethrough");
         }
         command.arg("--vdisk").arg(spec);
     }
