@@ -1,12 +1,15 @@
 //! Code shared by Strata's daemons and tools.
 //!
 //! The host daemon's configuration schema ([`config`]), block fingerprints
-//! ([`fingerprint`]) and the frame codec ([`frame`]) that stores every block;
+//! ([`fingerprint`]), the frame codec ([`frame`]) that stores every block and
+//! the per-datastore keys it uses ([`keys`]);
 //! the wire protocol and TLS setup join them as the pool arrives.
 
 pub mod config;
 pub mod fingerprint;
 pub mod frame;
+pub mod keys;
 
 pub use fingerprint::{Fingerprint, BLOCK_SIZE};
 pub use frame::{verify_checksum, Encoded, FrameCodec, FrameError, FrameHeader, FrameKeys};
+pub use keys::{DatastoreKeys, KeyError, MasterKey};
