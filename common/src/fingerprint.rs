@@ -39,6 +39,14 @@ impl Fingerprint {
         }
     }
 
+    /// Keyed BLAKE3 of arbitrary bytes under `key`, with no special case for
+    /// zeros: the content address of things other than data blocks (the
+    /// vdisk map's nodes, for one). A result equal to [`Fingerprint::ZERO`]
+    /// has odds of 2^-256.
+    pub fn of_bytes(key: &[u8; 32], bytes: &[u8]) -> Fingerprint {
+        Fingerprint(*blake3::keyed_hash(key, bytes).as_bytes())
+    }
+
     /// Wraps raw bytes (as read from a map node, an index or a frame header).
     pub const fn from_bytes(bytes: [u8; FINGERPRINT_LEN]) -> Fingerprint {
         Fingerprint(bytes)
@@ -107,6 +115,21 @@ mod tests {
         assert_eq!(a1, Fingerprint::of_block(&[1; 32], &b));
         assert_ne!(a1, Fingerprint::of_block(&[2; 32], &b));
         assert_eq!(a1.as_bytes(), blake3::keyed_hash(&[1; 32], &b).as_bytes());
+    }
+
+    #[test]
+    fn of_bytes_is_plain_keyed_blake3() {
+        let b = [0x5a; BLOCK_SIZE];
+        assert_eq!(
+            Fingerprint::of_bytes(&[1; 32], &b),
+            Fingerprint::of_block(&[1; 32], &b)
+        );
+        // No zero special case.
+        assert!(!Fingerprint::of_bytes(&[1; 32], &[0; BLOCK_SIZE]).is_zero());
+        assert_ne!(
+            Fingerprint::of_bytes(&[1; 32], b"node"),
+            Fingerprint::of_bytes(&[2; 32], b"node")
+        );
     }
 
     #[test]
