@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p strata-common --bench frame`
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::hint::black_box;
 
 use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
@@ -17,17 +19,10 @@ const KEYS: FrameKeys = FrameKeys {
     dedupe_key: [0x22; 32],
 };
 
-/// Pseudo-random bytes (splitmix64).
+/// Pseudo-random bytes: neither compressible nor repeated.
 fn unique_block() -> [u8; BLOCK_SIZE] {
-    let mut s = 0x1234_5678_u64;
     let mut b = [0u8; BLOCK_SIZE];
-    for w in b.chunks_exact_mut(8) {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        w.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
+    StdRng::seed_from_u64(0x1234_5678).fill_bytes(&mut b);
     b
 }
 

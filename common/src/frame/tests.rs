@@ -1,5 +1,7 @@
 use super::*;
 use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const KEYS: FrameKeys = FrameKeys {
     data_key: [0x11; 32],
@@ -10,17 +12,10 @@ fn codec() -> FrameCodec {
     FrameCodec::new(&KEYS)
 }
 
-/// Deterministic pseudo-random bytes (splitmix64), no RNG dependency.
+/// Deterministic pseudo-random bytes.
 fn random_block(seed: u64) -> [u8; BLOCK_SIZE] {
-    let mut s = seed;
     let mut b = [0u8; BLOCK_SIZE];
-    for w in b.chunks_exact_mut(8) {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        w.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
+    StdRng::seed_from_u64(seed).fill_bytes(&mut b);
     b
 }
 

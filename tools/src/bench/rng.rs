@@ -1,11 +1,10 @@
-//! A small, fast, deterministic random number generator.
-//!
-//! Benchmarks need cheap random offsets and filler bytes, reproducible from a
-//! seed; they do not need cryptographic quality. This is the SplitMix64
-//! sequence (a Weyl sequence fed through a 64-bit mixing function).
+//! Deterministic randomness for benchmarks: cheap random offsets and filler
+//! bytes, reproducible from a seed, not of cryptographic quality. The
+//! generator is `rand`'s `SmallRng`; [`mix64`] is a stateless hash for
+//! deriving values (tags, seeds) from other values.
 
-/// The SplitMix64 increment (the golden ratio in 64-bit fixed point).
-const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+use rand::rngs::SmallRng;
+use rand::{Rng as _, RngExt, SeedableRng};
 
 /// Mixes a 64-bit value into a well-distributed one (SplitMix64's output
 /// function). Stateless: the same input always gives the same output.
@@ -16,42 +15,30 @@ pub fn mix64(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A SplitMix64 generator.
+/// A seeded generator; equal seeds give equal sequences.
 #[derive(Clone, Debug)]
-pub struct Rng {
-    state: u64,
-}
+pub struct Rng(SmallRng);
 
 impl Rng {
-    /// Creates a generator from a seed; equal seeds give equal sequences.
+    /// Creates a generator from a seed.
     pub fn new(seed: u64) -> Self {
-        Rng { state: seed }
+        Rng(SmallRng::seed_from_u64(seed))
     }
 
     /// Returns the next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(GAMMA);
-        mix64(self.state)
+        self.0.next_u64()
     }
 
     /// Returns a value in `0..bound` (`bound` must be non-zero).
-    ///
-    /// Uses the high half of a 64x64 multiplication, which is unbiased
-    /// enough for picking offsets and much cheaper than a division.
     pub fn below(&mut self, bound: u64) -> u64 {
         debug_assert!(bound > 0);
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+        self.0.random_range(0..bound)
     }
 
     /// Fills `buf` with random bytes.
     pub fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for chunk in &mut chunks {
-            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let len = rest.len();
-        rest.copy_from_slice(&self.next_u64().to_le_bytes()[..len]);
+        self.0.fill_bytes(buf);
     }
 }
 

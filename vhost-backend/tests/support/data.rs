@@ -1,35 +1,31 @@
 //! Deterministic test data, and byte comparisons that say where data differs.
 
-/// SplitMix64: reproducible pseudo-random data and choices, so that data
-/// checks compare something more telling than a constant fill and a failing
-/// run can be repeated exactly.
-pub struct TestRng(u64);
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+/// Reproducible pseudo-random data and choices (`rand`'s seeded `StdRng`),
+/// so that data checks compare something more telling than a constant fill
+/// and a failing run can be repeated exactly.
+pub struct TestRng(StdRng);
 
 impl TestRng {
     pub fn new(seed: u64) -> Self {
-        TestRng(seed)
+        TestRng(StdRng::seed_from_u64(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A value in `0..bound`.
     pub fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+        self.0.random_range(0..bound)
     }
 
     /// The next `len` pseudo-random bytes.
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            out.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        out.truncate(len);
+        let mut out = vec![0u8; len];
+        self.0.fill_bytes(&mut out);
         out
     }
 }
