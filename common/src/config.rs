@@ -1,7 +1,8 @@
-//! Configuration of `strata-host`: the vdisks it serves.
+//! Configuration of `strata-host`: its flash store and the vdisks it serves.
 //!
-//! A config file is TOML with one `[[vdisk]]` table per vdisk. The command line
-//! accepts the same fields as a compact spec, `name=d0,path=/img,size=8G`,
+//! A config file is TOML with an optional `[flash]` table and one `[[vdisk]]`
+//! table per vdisk. The command line accepts the same vdisk fields as a
+//! compact spec, `name=d0,size=8G` or `name=s0,kind=raw,path=/img,size=8G`,
 //! which is turned into the same TOML table and deserialized by the same
 //! schema, so both forms accept exactly the same keys and values.
 
@@ -17,6 +18,8 @@ pub const MAX_QUEUES: u16 = 16;
 pub const DEFAULT_SOCKET_DIR: &str = "/run/strata";
 /// Longest vdisk name accepted (the virtio serial shows the first 20 bytes).
 pub const MAX_NAME_LEN: usize = 64;
+/// Where the host keeps its flash store and keys when not told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/strata";
 
 /// An error in a config file or a `--vdisk` spec, with what and where.
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +61,40 @@ pub enum CacheMode {
     Writeback,
 }
 
+/// How a vdisk stores its blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VdiskKind {
+    /// In the host's flash store: deduplicated, compressed, encrypted,
+    /// checksummed.
+    #[default]
+    Strata,
+    /// A plain image file or block device, byte for byte.
+    Raw,
+}
+
+impl fmt::Display for VdiskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VdiskKind::Strata => "strata",
+            VdiskKind::Raw => "raw",
+        })
+    }
+}
+
 /// One vdisk as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct VdiskConfig {
     /// Name; also the virtio-blk serial number.
     pub name: String,
-    /// The raw image: a regular file or a block device.
-    pub path: PathBuf,
-    /// Create the image with this size if missing; if it exists, its size must match.
+    /// How its blocks are stored.
+    #[serde(default)]
+    pub kind: VdiskKind,
+    /// The image of a raw vdisk: a regular file or a block device.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Create the vdisk with this size if missing; if it exists, its size must match.
     #[serde(default, deserialize_with = "deserialize_size")]
     pub size: Option<u64>,
     /// The vhost-user socket; `/run/strata/NAME.sock` when absent.
@@ -160,12 +188,27 @@ impl VdiskConfig {
             )));
         }
         if let Some(size) = self.size {
-            if size == 0 || size % u64::from(self.block_size) != 0 {
+            let unit = match self.kind {
+                VdiskKind::Strata => 4096,
+                VdiskKind::Raw => u64::from(self.block_size),
+            };
+            if size == 0 || size % unit != 0 {
                 return Err(invalid(format!(
-                    "size {size} must be a non-zero multiple of the block size {}",
-                    self.block_size
+                    "size {size} must be a non-zero multiple of {unit} bytes"
                 )));
             }
+        }
+        match (self.kind, &self.path) {
+            (VdiskKind::Raw, None) => {
+                return Err(invalid("a raw vdisk needs path=IMAGE".to_string()))
+            }
+            (VdiskKind::Strata, Some(_)) => {
+                return Err(invalid(
+                    "path= is for raw vdisks (add kind=raw); strata vdisks live in the flash store"
+                        .to_string(),
+                ))
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -206,10 +249,111 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("bad size {text:?}: {e}"))
 }
 
+/// The host's flash store: where it is and how it is laid out.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FlashSettings {
+    /// The flash file or block device.
+    #[serde(default = "default_flash_path")]
+    pub path: PathBuf,
+    /// Size of the flash file when it is created.
+    #[serde(
+        default = "default_flash_size",
+        deserialize_with = "deserialize_size_required"
+    )]
+    pub size: u64,
+    /// Bytes per segment, for a new store.
+    #[serde(
+        default = "default_segment_size",
+        deserialize_with = "deserialize_size_required"
+    )]
+    pub segment_size: u64,
+    /// Bytes of journal, for a new store.
+    #[serde(
+        default = "default_journal_size",
+        deserialize_with = "deserialize_size_required"
+    )]
+    pub journal_size: u64,
+    /// RAM for cached vdisk map nodes.
+    #[serde(
+        default = "default_map_cache",
+        deserialize_with = "deserialize_size_required"
+    )]
+    pub map_cache: u64,
+    /// The datastore name; its keys are `KEY-DIR/NAME.key`.
+    #[serde(default = "default_datastore")]
+    pub datastore: String,
+    /// Directory of the datastore key files.
+    #[serde(default = "default_key_dir")]
+    pub key_dir: PathBuf,
+    /// The master key file; absent: `STRATA_MASTER_KEY`, else
+    /// `KEY-DIR/master.key`, created on first use.
+    #[serde(default)]
+    pub master_key: Option<PathBuf>,
+    /// The control socket the status command talks to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+}
+
+impl Default for FlashSettings {
+    fn default() -> Self {
+        FlashSettings {
+            path: default_flash_path(),
+            size: default_flash_size(),
+            segment_size: default_segment_size(),
+            journal_size: default_journal_size(),
+            map_cache: default_map_cache(),
+            datastore: default_datastore(),
+            key_dir: default_key_dir(),
+            master_key: None,
+            control_socket: default_control_socket(),
+        }
+    }
+}
+
+fn default_flash_path() -> PathBuf {
+    Path::new(DEFAULT_STATE_DIR).join("flash.img")
+}
+
+fn default_flash_size() -> u64 {
+    16 << 30
+}
+
+fn default_segment_size() -> u64 {
+    4 << 20
+}
+
+fn default_journal_size() -> u64 {
+    128 << 20
+}
+
+fn default_map_cache() -> u64 {
+    256 << 20
+}
+
+fn default_datastore() -> String {
+    "default".to_string()
+}
+
+fn default_key_dir() -> PathBuf {
+    Path::new(DEFAULT_STATE_DIR).join("keys")
+}
+
+fn default_control_socket() -> PathBuf {
+    Path::new(DEFAULT_SOCKET_DIR).join("strata-host.ctl")
+}
+
+fn deserialize_size_required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    deserialize_size(d)?.ok_or_else(|| serde::de::Error::custom("a size is required"))
+}
+
 /// The whole configuration of one `strata-host`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
+    /// The flash store of `strata` vdisks.
+    #[serde(default)]
+    pub flash: FlashSettings,
     /// The vdisks to serve.
     #[serde(default)]
     pub vdisk: Vec<VdiskConfig>,
@@ -255,8 +399,10 @@ impl HostConfig {
             if !names.insert(vdisk.name.clone()) {
                 return Err(dup("the name"));
             }
-            if !paths.insert(vdisk.path.clone()) {
-                return Err(dup("the image path"));
+            if let Some(path) = &vdisk.path {
+                if !paths.insert(path.clone()) || *path == self.flash.path {
+                    return Err(dup("the image path"));
+                }
             }
             if !sockets.insert(vdisk.socket_path()) {
                 return Err(dup("the socket path"));
@@ -283,11 +429,12 @@ mod tests {
     #[test]
     fn spec_with_all_keys() {
         let v = VdiskConfig::from_spec(
-            "name=d0,path=/tmp/d0.img,size=64M,socket=/tmp/d0.sock,queues=2,block-size=4096,read-only,cache=writethrough",
+            "name=d0,kind=raw,path=/tmp/d0.img,size=64M,socket=/tmp/d0.sock,queues=2,block-size=4096,read-only,cache=writethrough",
         )
         .expect("valid spec");
         assert_eq!(v.name, "d0");
-        assert_eq!(v.path, PathBuf::from("/tmp/d0.img"));
+        assert_eq!(v.kind, VdiskKind::Raw);
+        assert_eq!(v.path, Some(PathBuf::from("/tmp/d0.img")));
         assert_eq!(v.size, Some(64 << 20));
         assert_eq!(v.socket_path(), PathBuf::from("/tmp/d0.sock"));
         assert_eq!(v.queues, 2);
@@ -298,7 +445,9 @@ mod tests {
 
     #[test]
     fn spec_defaults() {
-        let v = VdiskConfig::from_spec("name=a,path=/x").expect("valid spec");
+        let v = VdiskConfig::from_spec("name=a").expect("valid spec");
+        assert_eq!(v.kind, VdiskKind::Strata);
+        assert_eq!(v.path, None);
         assert_eq!(v.size, None);
         assert_eq!(v.queues, 1);
         assert_eq!(v.block_size, 512);
@@ -310,17 +459,20 @@ mod tests {
     #[test]
     fn spec_errors_name_the_problem() {
         let cases = [
-            ("path=/x", "name"),
-            ("name=a", "path"),
-            ("name=a,path=/x,bogus=1", "bogus"),
-            ("name=a,path=/x,queues=0", "queues"),
-            ("name=a,path=/x,queues=17", "queues"),
-            ("name=a,path=/x,block-size=1024", "block-size"),
-            ("name=a,path=/x,size=1000", "multiple"),
-            ("name=a,path=/x,size=lots", "size"),
-            ("name=a b,path=/x", "name must"),
-            ("name=a,name=b,path=/x", "twice"),
-            ("name=a,path=/x,cache=sometimes", "cache"),
+            ("size=1G", "name"),
+            ("name=a,kind=raw", "needs path"),
+            ("name=a,path=/x", "kind=raw"),
+            ("name=a,kind=tape", "kind"),
+            ("name=a,bogus=1", "bogus"),
+            ("name=a,queues=0", "queues"),
+            ("name=a,queues=17", "queues"),
+            ("name=a,block-size=1024", "block-size"),
+            ("name=a,kind=raw,path=/x,size=1000", "multiple"),
+            ("name=a,size=512", "multiple of 4096"),
+            ("name=a,size=lots", "size"),
+            ("name=a b", "name must"),
+            ("name=a,name=b", "twice"),
+            ("name=a,cache=sometimes", "cache"),
         ];
         for (spec, needle) in cases {
             let err = VdiskConfig::from_spec(spec).expect_err(spec).to_string();
@@ -331,12 +483,17 @@ mod tests {
     #[test]
     fn toml_file_and_duplicates() {
         let ok = r#"
+            [flash]
+            path = "/f.img"
+            size = "2G"
             [[vdisk]]
             name = "a"
+            kind = "raw"
             path = "/a.img"
             size = "1G"
             [[vdisk]]
             name = "b"
+            kind = "raw"
             path = "/b.img"
             size = 4096
             queues = 4
@@ -345,9 +502,15 @@ mod tests {
         assert_eq!(c.vdisk.len(), 2);
         assert_eq!(c.vdisk[0].size, Some(1 << 30));
         assert_eq!(c.vdisk[1].queues, 4);
+        assert_eq!(c.flash.path, PathBuf::from("/f.img"));
+        assert_eq!(c.flash.size, 2 << 30);
+        assert_eq!(c.flash.segment_size, 4 << 20, "defaults fill the rest");
 
         let dup = ok.replace("\"/b.img\"", "\"/a.img\"");
         let err = HostConfig::from_toml(&dup, "test").expect_err("dup path");
+        assert!(err.to_string().contains("image path"), "{err}");
+        let on_flash = ok.replace("\"/b.img\"", "\"/f.img\"");
+        let err = HostConfig::from_toml(&on_flash, "test").expect_err("image on the flash");
         assert!(err.to_string().contains("image path"), "{err}");
         let err = HostConfig::from_toml("[[vdisk]]\nname = 3", "cfg.toml").expect_err("bad");
         assert_eq!(

@@ -340,6 +340,33 @@ impl MasterKey {
         })
     }
 
+    /// Loads the master key file at `path`, first creating it with a fresh
+    /// random key (32 raw bytes, mode 0600, in a 0700 directory) if there is
+    /// none. For single-box use: a key kept beside the data guards against
+    /// lost or returned drives, not against whoever can read the host.
+    pub fn load_or_create_file(path: &Path) -> Result<Self, KeyError> {
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            _ => return Self::from_file(path),
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("create directory", dir))?;
+        }
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        getrandom::fill(&mut key[..]).map_err(KeyError::Random)?;
+        match write_new_file(path, &key[..]) {
+            // Another process created it first: its key is the key.
+            Err(KeyError::Io { ref error, .. }) if error.kind() == io::ErrorKind::AlreadyExists => {
+            }
+            other => other?,
+        }
+        Self::from_file(path)
+    }
+
     /// Parses 64 hex digits (either case), ignoring surrounding ASCII
     /// whitespace.
     pub fn from_hex(text: &[u8]) -> Result<Self, MasterKeyProblem> {

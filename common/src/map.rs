@@ -35,6 +35,17 @@
 //! lookup costs at most `depth` node reads. Dirty nodes are not bounded by
 //! the cache budget: callers flush when [`VdiskMap::dirty_bytes`] grows too
 //! large.
+//!
+//! # Discards and walks
+//!
+//! [`VdiskMap::zero_range`] unmaps a block range in time proportional to
+//! the tree depth, not the range: whole subtrees inside the range become
+//! ZERO in their parent's slot, and only the (at most two per level) nodes
+//! the range's ends cut through are loaded and edited slot by slot.
+//!
+//! [`VdiskMap::visit`] walks the current tree depth-first for space
+//! accounting and garbage collection, reporting every node and every mapped
+//! block in LBA order while holding at most one node per level.
 
 pub mod cache;
 pub mod node;
@@ -112,6 +123,97 @@ fn node_key(lba: u64, level: u8) -> (u8, u64) {
 fn slot_index(lba: u64, level: u8) -> u8 {
     // level < 8, so the shift is at most 56; the mask makes it a u8.
     ((lba >> (8 * u32::from(level))) & 0xff) as u8
+}
+
+/// Blocks covered by a node at `level`: 256^(level + 1).
+fn node_span(level: u8) -> u128 {
+    1u128 << (8 * (u32::from(level) + 1))
+}
+
+/// The key bits of the child in slot `slot` of the node keyed `bits`.
+fn child_bits(bits: u64, slot: u8) -> u64 {
+    // A node's bits have its level's 8 * (level + 1) low bits shifted out,
+    // so shifting 8 back in cannot lose any.
+    (bits << 8) | u64::from(slot)
+}
+
+/// The slots of the node at `(level, bits)` that blocks `[start, end)`
+/// touch; the range must intersect the node.
+struct Touched {
+    /// The first slot touched.
+    first: u8,
+    /// The last slot touched.
+    last: u8,
+    /// The touched slots only partly covered (always interior-node slots):
+    /// at most `first` and `last`, since every slot between them is covered
+    /// whole.
+    edges: [Option<u8>; 2],
+}
+
+impl Touched {
+    fn new(level: u8, bits: u64, start: u128, end: u128) -> Touched {
+        let base = u128::from(bits) * node_span(level);
+        let child_span = node_span(level) >> 8;
+        // Both below 256: the range intersects the node.
+        let first = ((start.max(base) - base) / child_span) as u8;
+        let last = ((end.min(base + node_span(level)) - 1 - base) / child_span) as u8;
+        let partial = |slot: u8| {
+            let lo = base + u128::from(slot) * child_span;
+            level > 0 && (lo < start || lo + child_span > end)
+        };
+        let mut edges = [None; 2];
+        if partial(first) {
+            edges[0] = Some(first);
+        }
+        if last != first && partial(last) {
+            edges[1] = Some(last);
+        }
+        Touched { first, last, edges }
+    }
+}
+
+/// One thing [`VdiskMap::visit`] reports. The walk is depth-first and
+/// pre-order: a node comes before everything below it and siblings come in
+/// slot order, so blocks come in increasing LBA order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// A node of the current tree, reported before it is read.
+    Node {
+        /// The id the store holds the node under, or `None` for a dirty
+        /// node, which has no id until [`VdiskMap::flush`]. A dirty node is
+        /// reported even if flushing would collapse it to ZERO.
+        id: Option<Fingerprint>,
+        /// The node's level: 0 for a leaf, `depth - 1` for the root.
+        level: u8,
+        /// The first block the node covers; it covers 256^(level + 1).
+        first_lba: u64,
+    },
+    /// A mapped block: a leaf slot that is not ZERO.
+    Block {
+        /// The block number.
+        lba: u64,
+        /// The block's fingerprint.
+        fingerprint: Fingerprint,
+    },
+}
+
+/// What a [`VdiskMap::visit`] visitor tells the walk to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Go on, below the node just reported too.
+    Continue,
+    /// Skip everything below the node just reported, without reading it:
+    /// for example a garbage collector that has already marked this node
+    /// from another root. After a [`Visit::Block`], the same as `Continue`.
+    SkipChildren,
+}
+
+/// Where [`VdiskMap::visit`] finds a node: dirty in memory, or clean under
+/// an id.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Dirty(&'a Node),
+    Clean(Fingerprint),
 }
 
 /// A node loaded for editing, and the id it was loaded from (ZERO if new).
@@ -276,6 +378,225 @@ impl<S: NodeStore> VdiskMap<S> {
         Ok(&mut leaf.node)
     }
 
+    /// Unmaps blocks `[start, start + count)`: afterwards each reads as
+    /// [`Fingerprint::ZERO`], and [`VdiskMap::flush`] gives the same root as
+    /// setting each to ZERO with [`VdiskMap::set`] would. A `count` of 0
+    /// does nothing.
+    ///
+    /// Costs O(depth) node loads and edits, whatever `count`: a subtree
+    /// wholly inside the range becomes ZERO in its parent's slot (its dirty
+    /// nodes are dropped, nothing below it is read), and only the nodes the
+    /// range's two ends cut through, at most two per level, are loaded and
+    /// edited slot by slot. Discarding a whole vdisk touches just the root.
+    /// Dropping dirty nodes inside the range costs in proportion to them,
+    /// and frees their memory.
+    ///
+    /// Either the whole range is unmapped or, on error, nothing changes:
+    /// the range is checked and every node to edit loaded before any slot
+    /// changes. A range reaching past the vdisk is `LbaOutOfRange` with its
+    /// first block past the end.
+    pub fn zero_range(&mut self, start: u64, count: u64) -> Result<(), MapError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let end = match start.checked_add(count) {
+            Some(end) if end <= self.block_count => end,
+            _ => {
+                return Err(MapError::LbaOutOfRange {
+                    lba: start.max(self.block_count),
+                    block_count: self.block_count,
+                })
+            }
+        };
+        let top = self.depth - 1;
+        let root_key = (top, 0);
+        if self.root.is_zero() && !self.dirty.contains_key(&root_key) {
+            // Nothing is mapped.
+            return Ok(());
+        }
+        let (start, end) = (u128::from(start), u128::from(end));
+        if start == 0 && end == node_span(top) {
+            // The whole tree: an empty dirty root, which flushes to ZERO.
+            let node = Node::new(top).map_err(|_| MapError::Internal("map depth out of range"))?;
+            self.dirty.clear();
+            self.dirty.insert(
+                root_key,
+                DirtyNode {
+                    orig: self.root,
+                    node,
+                },
+            );
+            return Ok(());
+        }
+        // Load first, so that nothing below can fail half way.
+        self.zero_load(top, 0, self.root, start, end)?;
+        // Drop the dirty nodes wholly inside the range (not the root, which
+        // is not: that case is above). Their parents stay, so every dirty
+        // node's parent is still dirty, and the parents' slots are zeroed
+        // below.
+        for level in 0..top {
+            let span = node_span(level);
+            // Key bits of the first node wholly inside, and of the first
+            // after those; at most 2^56, as the span is at least 2^8.
+            let first = start.div_ceil(span) as u64;
+            let past = (end / span) as u64;
+            if first < past {
+                let doomed: Vec<(u8, u64)> = self
+                    .dirty
+                    .range((level, first)..(level, past))
+                    .map(|(key, _)| *key)
+                    .collect();
+                for key in doomed {
+                    self.dirty.remove(&key);
+                }
+            }
+        }
+        self.zero_apply(top, 0, self.root, start, end)
+    }
+
+    /// [`VdiskMap::zero_range`]'s first pass: makes dirty every node at or
+    /// below `(level, bits)` that `[start, end)` covers only in part and
+    /// that is not ZERO. `id` is the node's id if it is not dirty already.
+    fn zero_load(
+        &mut self,
+        level: u8,
+        bits: u64,
+        id: Fingerprint,
+        start: u128,
+        end: u128,
+    ) -> Result<(), MapError> {
+        let node = match self.dirty.entry((level, bits)) {
+            Entry::Occupied(e) => &e.into_mut().node,
+            // All zeros below: nothing to unmap.
+            Entry::Vacant(_) if id.is_zero() => return Ok(()),
+            Entry::Vacant(v) => {
+                &v.insert(load_dirty(&self.store, &self.cache, &self.ids, id, level)?)
+                    .node
+            }
+        };
+        let edges = Touched::new(level, bits, start, end)
+            .edges
+            .map(|edge| edge.map(|slot| (slot, node.slot(slot))));
+        for (slot, child) in edges.into_iter().flatten() {
+            self.zero_load(level - 1, child_bits(bits, slot), child, start, end)?;
+        }
+        Ok(())
+    }
+
+    /// [`VdiskMap::zero_range`]'s second pass: zeroes the slots of dirty
+    /// node `(level, bits)` that `[start, end)` covers whole and recurses
+    /// into the ones it covers in part. The first pass loaded every such
+    /// node that is not ZERO; `id` is the node's id if it is not dirty.
+    fn zero_apply(
+        &mut self,
+        level: u8,
+        bits: u64,
+        id: Fingerprint,
+        start: u128,
+        end: u128,
+    ) -> Result<(), MapError> {
+        let Some(d) = self.dirty.get_mut(&(level, bits)) else {
+            return if id.is_zero() {
+                Ok(())
+            } else {
+                Err(MapError::Internal("zero_range edge node not loaded"))
+            };
+        };
+        let touched = Touched::new(level, bits, start, end);
+        for slot in touched.first..=touched.last {
+            if !touched.edges.contains(&Some(slot)) {
+                d.node.set_slot(slot, Fingerprint::ZERO);
+            }
+        }
+        let node = &d.node;
+        let edges = touched
+            .edges
+            .map(|edge| edge.map(|slot| (slot, node.slot(slot))));
+        for (slot, child) in edges.into_iter().flatten() {
+            self.zero_apply(level - 1, child_bits(bits, slot), child, start, end)?;
+        }
+        Ok(())
+    }
+
+    /// Walks the current tree, unflushed updates included, for space
+    /// accounting and garbage collection: calls `visitor` with every node
+    /// (a stored node with its id, a dirty one without) and every mapped
+    /// block, depth-first, blocks in LBA order (see [`Visit`]). ZERO
+    /// subtrees are skipped; the visitor can skip others ([`Walk`]) and stop
+    /// the walk by returning an error, which `visit` returns.
+    ///
+    /// Clean nodes are read like [`VdiskMap::get`] reads them, checked, from
+    /// the cache or else the store, but a node read from the store is not
+    /// added to the cache, so a walk does not evict the working set. At most
+    /// one node per level is held at a time.
+    ///
+    /// The nodes of [`VdiskMap::root`] that dirty nodes replace are not
+    /// reported: to account for a saved root, walk a map opened on it.
+    pub fn visit<E, F>(&self, mut visitor: F) -> Result<(), E>
+    where
+        E: From<MapError>,
+        F: FnMut(Visit) -> Result<Walk, E>,
+    {
+        let top = self.depth - 1;
+        let at = match self.dirty.get(&(top, 0)) {
+            Some(d) => At::Dirty(&d.node),
+            None if self.root.is_zero() => return Ok(()),
+            None => At::Clean(self.root),
+        };
+        self.walk(top, 0, at, &mut visitor)
+    }
+
+    /// [`VdiskMap::visit`] from node `(level, bits)`.
+    fn walk<E, F>(&self, level: u8, bits: u64, at: At<'_>, visitor: &mut F) -> Result<(), E>
+    where
+        E: From<MapError>,
+        F: FnMut(Visit) -> Result<Walk, E>,
+    {
+        // Fits: `bits` came from a u64 LBA inside this node.
+        let first_lba = (u128::from(bits) * node_span(level)) as u64;
+        let id = match at {
+            At::Dirty(_) => None,
+            At::Clean(id) => Some(id),
+        };
+        if visitor(Visit::Node {
+            id,
+            level,
+            first_lba,
+        })? == Walk::SkipChildren
+        {
+            return Ok(());
+        }
+        let clean;
+        let (node, dirty) = match at {
+            At::Dirty(node) => (node, true),
+            At::Clean(id) => {
+                clean = load_with(&self.store, &self.cache, &self.ids, &id, level, false)?;
+                (&*clean, false)
+            }
+        };
+        for (slot, fp) in (0..=u8::MAX).zip(node.slots().iter()) {
+            if level == 0 {
+                if !fp.is_zero() {
+                    visitor(Visit::Block {
+                        lba: first_lba | u64::from(slot),
+                        fingerprint: *fp,
+                    })?;
+                }
+                continue;
+            }
+            let child = child_bits(bits, slot);
+            // Every dirty node's parent is dirty, so below a clean node
+            // everything is clean.
+            let at = match dirty.then(|| self.dirty.get(&(level - 1, child))).flatten() {
+                Some(d) => At::Dirty(&d.node),
+                None if fp.is_zero() => continue,
+                None => At::Clean(*fp),
+            };
+            self.walk(level - 1, child, at, visitor)?;
+        }
+        Ok(())
+    }
+
     /// Writes the dirty nodes bottom-up (only those whose content changed;
     /// empty ones collapse to ZERO and are not written), makes the result
     /// the root and returns it. On error the map is unchanged: the dirty
@@ -332,13 +653,25 @@ impl<S: NodeStore> VdiskMap<S> {
 }
 
 /// A clean node from the cache or the store, checked against its id and its
-/// level.
+/// level; a node read from the store is added to the cache.
 fn load<S: NodeStore>(
     store: &S,
     cache: &NodeCache,
     ids: &NodeIdKey,
     id: &Fingerprint,
     level: u8,
+) -> Result<Arc<Node>, MapError> {
+    load_with(store, cache, ids, id, level, true)
+}
+
+/// [`load`], adding a node read from the store to the cache only if `fill`.
+fn load_with<S: NodeStore>(
+    store: &S,
+    cache: &NodeCache,
+    ids: &NodeIdKey,
+    id: &Fingerprint,
+    level: u8,
+    fill: bool,
 ) -> Result<Arc<Node>, MapError> {
     let corrupt = |reason| MapError::NodeCorrupt { id: *id, reason };
     if let Some(node) = cache.get(id) {
@@ -369,7 +702,9 @@ fn load<S: NodeStore>(
         }));
     }
     let node = Arc::new(node);
-    cache.insert(*id, Arc::clone(&node));
+    if fill {
+        cache.insert(*id, Arc::clone(&node));
+    }
     Ok(node)
 }
 

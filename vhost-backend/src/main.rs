@@ -5,6 +5,7 @@
 
 mod backend;
 mod engine;
+mod flash;
 mod queue;
 mod request;
 mod server;
@@ -20,10 +21,13 @@ use anyhow::Context;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use strata_common::config::{HostConfig, VdiskConfig};
+use strata_common::config::{FlashSettings, HostConfig, VdiskConfig, VdiskKind};
+use strata_common::keys::{DatastoreKeys, MasterKey};
 use tracing_subscriber::EnvFilter;
 
-use crate::engine::{IoMode, RawImage};
+use crate::engine::strata::StrataEngine;
+use crate::engine::{Engine, IoMode, RawImage};
+use crate::flash::{FlashConfig, FlashStore};
 use crate::server::VdiskServer;
 use crate::vdisk::Vdisk;
 
@@ -33,11 +37,12 @@ use crate::vdisk::Vdisk;
     version,
     about,
     after_help = "\
-VDISK SPEC: name=NAME,path=IMAGE[,size=8G][,socket=PATH][,queues=N][,block-size=512|4096]\
-[,read-only][,cache=writeback|writethrough]
+VDISK SPEC: name=NAME[,size=8G][,kind=strata|raw][,path=IMAGE][,socket=PATH][,queues=N]\
+[,block-size=512|4096][,read-only][,cache=writeback|writethrough]
+  kind=strata (the default) keeps the vdisk in the flash store; kind=raw serves path=IMAGE as is.
 
 Example:
-  strata-host --vdisk name=d0,path=/var/lib/strata/d0.img,size=8G,socket=/run/strata/d0.sock"
+  strata-host --vdisk name=d0,size=8G,socket=/run/strata/d0.sock"
 )]
 struct Args {
     /// TOML file with one [[vdisk]] table per vdisk.
@@ -46,6 +51,18 @@ struct Args {
     /// A vdisk to serve (repeatable); same keys as the config file.
     #[arg(long = "vdisk", value_name = "SPEC", value_parser = parse_vdisk)]
     vdisks: Vec<VdiskConfig>,
+    /// The flash file or device of the store [default: /var/lib/strata/flash.img].
+    #[arg(long, value_name = "PATH")]
+    flash: Option<PathBuf>,
+    /// Size of the flash file when it is created [default: 16G].
+    #[arg(long, value_name = "SIZE", value_parser = strata_common::config::parse_size)]
+    flash_size: Option<u64>,
+    /// Directory of the datastore key files [default: /var/lib/strata/keys].
+    #[arg(long, value_name = "DIR")]
+    key_dir: Option<PathBuf>,
+    /// Master key file [default: $STRATA_MASTER_KEY, else KEY_DIR/master.key, created].
+    #[arg(long, value_name = "FILE")]
+    master_key: Option<PathBuf>,
     /// How queues do I/O.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoMode,
@@ -83,6 +100,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => HostConfig::default(),
     };
     config.vdisk.extend(args.vdisks);
+    let flash = &mut config.flash;
+    if let Some(path) = args.flash {
+        flash.path = path;
+    }
+    if let Some(size) = args.flash_size {
+        flash.size = size;
+    }
+    if let Some(dir) = args.key_dir {
+        flash.key_dir = dir;
+    }
+    if args.master_key.is_some() {
+        flash.master_key = args.master_key;
+    }
     config.validate()?;
     if config.vdisk.is_empty() {
         anyhow::bail!("no vdisks to serve: give --vdisk or --config (see --help)");
@@ -92,21 +122,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     for vdisk in &config.vdisk {
         VdiskServer::check_socket_free(&vdisk.name, &vdisk.socket_path())?;
     }
+    let store = if config.vdisk.iter().any(|v| v.kind == VdiskKind::Strata) {
+        Some(Arc::new(open_store(&config.flash, args.io)?))
+    } else {
+        None
+    };
     let mut servers = Vec::new();
     for vdisk_config in &config.vdisk {
-        let image = RawImage::open(
-            &vdisk_config.path,
-            vdisk_config.size,
-            vdisk_config.read_only,
-            args.io,
-        )
-        .with_context(|| format!("vdisk {}", vdisk_config.name))?;
-        let (direct, io) = (image.is_direct(), image.io_kind());
-        let vdisk = Arc::new(Vdisk::new(vdisk_config, Arc::new(image)));
+        let (engine, detail) = open_engine(vdisk_config, store.as_ref(), args.io)
+            .with_context(|| format!("vdisk {}", vdisk_config.name))?;
+        let vdisk = Arc::new(Vdisk::new(vdisk_config, engine));
         let server = VdiskServer::bind(vdisk.clone(), &vdisk_config.socket_path())?;
-        tracing::info!(vdisk = %vdisk.name, image = %vdisk_config.path.display(), capacity = vdisk.shape.capacity,
+        tracing::info!(vdisk = %vdisk.name, kind = %vdisk_config.kind, %detail, capacity = vdisk.shape.capacity,
             queues = vdisk.shape.num_queues, block_size = vdisk.shape.block_size, read_only = vdisk.shape.read_only,
-            cache = %vdisk_config.cache, direct, io, socket = %server.socket().display(), "serving");
+            cache = %vdisk_config.cache, socket = %server.socket().display(), "serving");
         servers.push(Arc::new(server));
     }
 
@@ -127,6 +156,69 @@ fn run(args: Args) -> anyhow::Result<()> {
         server.shut_down();
         let _ = std::fs::remove_file(server.socket());
     }
+    drop(servers);
+    if let Some(store) = store {
+        store.shut_down();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the flash store with the datastore's keys.
+fn open_store(settings: &FlashSettings, io: IoMode) -> anyhow::Result<FlashStore> {
+    let master = match &settings.master_key {
+        Some(path) => MasterKey::from_file(path)?,
+        None => match MasterKey::from_env()? {
+            Some(key) => key,
+            None => {
+                let path = settings.key_dir.join("master.key");
+                if !path.exists() {
+                    tracing::warn!(path = %path.display(),
+                        "no master key given: creating one beside the data (fine for one box; use --master-key or STRATA_MASTER_KEY elsewhere)");
+                }
+                MasterKey::load_or_create_file(&path)?
+            }
+        },
+    };
+    let keys = DatastoreKeys::load_or_create(&settings.key_dir, &settings.datastore, &master)?;
+    let config = FlashConfig {
+        path: settings.path.clone(),
+        size: settings.size,
+        segment_size: u32::try_from(settings.segment_size)
+            .context("segment-size must be below 4 GiB")?,
+        journal_size: settings.journal_size,
+        map_cache_bytes: usize::try_from(settings.map_cache).unwrap_or(usize::MAX),
+        datastore: settings.datastore.clone(),
+        io,
+    };
+    FlashStore::open(&config, &keys)
+}
+
+/// The engine of one vdisk, and a word on where its bytes are for the log.
+fn open_engine(
+    config: &VdiskConfig,
+    store: Option<&Arc<FlashStore>>,
+    io: IoMode,
+) -> anyhow::Result<(Arc<dyn Engine>, String)> {
+    match (config.kind, &config.path, store) {
+        (VdiskKind::Raw, Some(path), _) => {
+            let image = RawImage::open(path, config.size, config.read_only, io)?;
+            let detail = format!(
+                "image {} (direct={}, io={})",
+                path.display(),
+                image.is_direct(),
+                image.io_kind()
+            );
+            Ok((Arc::new(image), detail))
+        }
+        (VdiskKind::Strata, _, Some(store)) => {
+            let vdisk = store.open_vdisk(&config.name, config.size)?;
+            let engine = StrataEngine::new(store.clone(), vdisk, config.read_only, io);
+            Ok((Arc::new(engine), "flash store".to_string()))
+        }
+        _ => anyhow::bail!(
+            "vdisk {} has no storage (a bug: config validation let it through)",
+            config.name
+        ),
+    }
 }

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -411,9 +411,359 @@ fn tib_vdisk_memory_is_bounded_by_the_budget() {
     assert!(store_nodes > 256);
 }
 
+#[test]
+fn zero_range_discards_a_tib_vdisk_in_one_node() {
+    let (store, mut map) = fresh(TIB_BLOCKS);
+    let mut r = rng(21);
+    let writes: Vec<_> = (0..10_000).map(|i| (r() % TIB_BLOCKS, fp(i + 1))).collect();
+    map.set(&writes).unwrap();
+    let full = map.flush().unwrap();
+    // Some unflushed writes too: their dirty nodes are dropped.
+    let more: Vec<_> = (0..1_000).map(|i| (r() % TIB_BLOCKS, fp(i + 1))).collect();
+    map.set(&more).unwrap();
+    assert!(map.dirty_nodes() > 1_000);
+    let cache = Arc::new(NodeCache::new(0));
+    let mut map = VdiskMap {
+        cache: Arc::clone(&cache),
+        ..map
+    };
+    let gets = store.gets.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    map.zero_range(0, TIB_BLOCKS).unwrap();
+    let took = started.elapsed();
+    // 2^28 blocks, yet nothing is read (not even through an empty cache)
+    // and only an empty root is held dirty.
+    assert_eq!(store.gets.load(Ordering::Relaxed), gets);
+    assert_eq!(map.dirty_nodes(), 1);
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    for (lba, _) in writes.iter().chain(&more).step_by(97) {
+        assert_eq!(map.get(*lba).unwrap(), Fingerprint::ZERO);
+    }
+    assert_eq!(walk_all(&map).unwrap().1, vec![]);
+    let puts = store.puts.load(Ordering::Relaxed);
+    assert_eq!(map.flush().unwrap(), Fingerprint::ZERO);
+    assert_eq!(store.puts.load(Ordering::Relaxed), puts);
+    assert!(!map.is_dirty());
+    // The snapshot before the discard still reads.
+    let snap = open(&store, TIB_BLOCKS, full, 1 << 20);
+    assert_eq!(snap.get(writes[0].0).unwrap(), writes[0].1);
+
+    // Nearly all of it, unaligned at both ends: only the two edge paths.
+    let mut map = open(&store, TIB_BLOCKS, full, 0);
+    let gets = store.gets.load(Ordering::Relaxed);
+    map.zero_range(1, TIB_BLOCKS - 2).unwrap();
+    // The root, and below it the two ends' paths of 3 nodes each.
+    assert!(store.gets.load(Ordering::Relaxed) - gets <= 1 + 2 * 3);
+    assert!(map.dirty_nodes() <= 1 + 2 * 3);
+    map.set(&[(0, Fingerprint::ZERO), (TIB_BLOCKS - 1, Fingerprint::ZERO)])
+        .unwrap();
+    assert_eq!(map.flush().unwrap(), Fingerprint::ZERO);
+
+    // Already empty: nothing to do, nothing dirty.
+    let (_, mut empty) = fresh(TIB_BLOCKS);
+    empty.zero_range(0, TIB_BLOCKS).unwrap();
+    empty.zero_range(5, 1000).unwrap();
+    assert!(!empty.is_dirty());
+
+    // The largest vdisk: 2^64 - 1 blocks, depth 8, whose root is never
+    // covered whole.
+    let (_, mut huge) = fresh(u64::MAX);
+    huge.set(&[(0, fp(1)), (1 << 63, fp(2)), (u64::MAX - 1, fp(3))])
+        .unwrap();
+    huge.flush().unwrap();
+    huge.zero_range(0, u64::MAX).unwrap();
+    assert!(huge.dirty_nodes() <= 8);
+    assert_eq!(huge.get(u64::MAX - 1).unwrap(), Fingerprint::ZERO);
+    assert_eq!(huge.flush().unwrap(), Fingerprint::ZERO);
+}
+
+#[test]
+fn zero_range_edges_match_zeroing_block_by_block() {
+    // 2^18 blocks: depth 3, leaves of 256 blocks under level-1 nodes of
+    // 65,536.
+    let size = 1u64 << 18;
+    let mut data: BTreeMap<u64, Fingerprint> = BTreeMap::new();
+    for lba in (0..1_100).chain(65_000..71_000).chain(size - 700..size) {
+        data.insert(lba, fp(lba % 5 + 1));
+    }
+    let mut r = rng(9);
+    for i in 0..2_000 {
+        data.insert(r() % size, fp(i % 7 + 1));
+    }
+    let entries: Vec<_> = data.iter().map(|(l, f)| (*l, *f)).collect();
+    let (half_a, half_b) = entries.split_at(entries.len() / 2);
+    let ranges = [
+        (300, 70_005 - 300),   // unaligned both ends, across subtrees
+        (256, 256),            // exactly one leaf
+        (257, 1),              // one block
+        (100, 100),            // inside one leaf
+        (255, 2),              // across two leaves
+        (0, 65_536),           // one aligned level-1 subtree
+        (65_535, 65_538),      // just around one
+        (1_000, size - 1_000), // to the end
+        (0, size - 1),         // all but the last block
+        (1, size - 1),         // all but the first
+        (size - 256, 256),     // the last leaf
+        (0, size),             // everything
+    ];
+    for (start, count) in ranges {
+        for flushed_first in [false, true] {
+            // Half the data flushed, half dirty (or all dirty), then zeroed.
+            let (store, mut a) = fresh(size);
+            a.set(half_a).unwrap();
+            if flushed_first {
+                a.flush().unwrap();
+            }
+            a.set(half_b).unwrap();
+            let gets = store.gets.load(Ordering::Relaxed);
+            let dirty = a.dirty_nodes();
+            a.zero_range(start, count).unwrap();
+            assert!(store.gets.load(Ordering::Relaxed) - gets <= 2 * 3);
+            assert!(a.dirty_nodes() <= dirty + 2 * 3);
+            let mut b = open(&store, size, Fingerprint::ZERO, 1 << 20);
+            b.set(&entries).unwrap();
+            let zeros: Vec<_> = (start..start + count)
+                .map(|l| (l, Fingerprint::ZERO))
+                .collect();
+            b.set(&zeros).unwrap();
+            let end = start + count;
+            for probe in [start.saturating_sub(1), start, end - 1, end, end + 1] {
+                if probe < size {
+                    assert_eq!(a.get(probe).unwrap(), b.get(probe).unwrap(), "{probe}");
+                }
+            }
+            let want: Vec<_> = entries
+                .iter()
+                .copied()
+                .filter(|(l, _)| *l < start || *l >= end)
+                .collect();
+            assert_eq!(walk_all(&a).unwrap().1, want, "{start}+{count}");
+            let root = a.flush().unwrap();
+            assert_eq!(root, b.flush().unwrap(), "{start}+{count}");
+            let model: BTreeMap<_, _> = want.iter().copied().collect();
+            assert_eq!(walked_ids(&a), model_node_ids(size, &model));
+        }
+    }
+}
+
+#[test]
+fn zero_range_checks_its_range_and_is_atomic() {
+    let (store, mut map) = fresh(1000);
+    let lba_of = |e: MapError| match e {
+        MapError::LbaOutOfRange { lba, block_count } => {
+            assert_eq!(block_count, 1000);
+            lba
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lba_of(map.zero_range(1000, 1).unwrap_err()), 1000);
+    assert_eq!(lba_of(map.zero_range(5, 996).unwrap_err()), 1000);
+    assert_eq!(lba_of(map.zero_range(2000, 5).unwrap_err()), 2000);
+    assert_eq!(lba_of(map.zero_range(u64::MAX, 2).unwrap_err()), u64::MAX);
+    assert_eq!(lba_of(map.zero_range(1, u64::MAX).unwrap_err()), 1000);
+    // An empty range is a no-op wherever it is.
+    map.zero_range(5000, 0).unwrap();
+    map.zero_range(1000, 0).unwrap();
+
+    map.set(&[(0, fp(1)), (300, fp(2)), (999, fp(3))]).unwrap();
+    let root = map.flush().unwrap();
+    // The store fails while the edge nodes load: nothing changes.
+    let mut map = open(&store, 1000, root, 0);
+    store.fail.store(true, Ordering::Relaxed);
+    assert!(matches!(
+        map.zero_range(1, 998),
+        Err(MapError::Store { .. })
+    ));
+    store.fail.store(false, Ordering::Relaxed);
+    assert_eq!(map.get(0).unwrap(), fp(1));
+    assert_eq!(map.get(300).unwrap(), fp(2));
+    assert_eq!(map.get(999).unwrap(), fp(3));
+    assert_eq!(map.flush().unwrap(), root);
+    // A missing edge node: also nothing changes.
+    let leaf = Node::decode(&store.get(&root).unwrap().unwrap())
+        .unwrap()
+        .slot(3);
+    let leaf_bytes = store.get(&leaf).unwrap().unwrap();
+    store.remove(&leaf);
+    let mut map = open(&store, 1000, root, 0);
+    assert!(matches!(
+        map.zero_range(0, 998),
+        Err(MapError::NodeMissing { id }) if id == leaf
+    ));
+    store.overwrite(&leaf, &leaf_bytes);
+    assert_eq!(map.get(999).unwrap(), fp(3));
+    assert_eq!(map.get(300).unwrap(), fp(2));
+    map.zero_range(0, 998).unwrap();
+    assert_eq!(map.get(999).unwrap(), fp(3));
+    let (_, mut want) = fresh(1000);
+    want.set(&[(999, fp(3))]).unwrap();
+    assert_eq!(map.flush().unwrap(), want.flush().unwrap());
+}
+
+#[test]
+fn visit_reports_every_node_and_block_in_order_with_a_tiny_cache() {
+    let (store, mut map) = fresh(TIB_BLOCKS);
+    let mut r = rng(33);
+    let mut model = BTreeMap::new();
+    for i in 0..3_000 {
+        let lba = if i % 3 == 0 {
+            r() % 5_000
+        } else {
+            r() % TIB_BLOCKS
+        };
+        model.insert(lba, fp(i + 1));
+    }
+    map.set(&model.iter().map(|(l, f)| (*l, *f)).collect::<Vec<_>>())
+        .unwrap();
+    let root = map.flush().unwrap();
+
+    // A one-node cache: the walk reads through it and never fills it.
+    let budget = NODE_ENTRY_COST;
+    let cache = Arc::new(NodeCache::new(budget));
+    let m = VdiskMap::open(
+        Arc::clone(&store),
+        Arc::clone(&cache),
+        NodeIdKey::new(&KEY),
+        TIB_BLOCKS,
+        root,
+    );
+    let gets = store.gets.load(Ordering::Relaxed);
+    let (nodes, blocks) = walk_all(&m).unwrap();
+    assert_eq!(
+        blocks,
+        model.iter().map(|(l, f)| (*l, *f)).collect::<Vec<_>>()
+    );
+    // Every node the fresh store holds, each once, each read once.
+    let ids: BTreeSet<_> = nodes.iter().map(|(id, _, _)| id.unwrap()).collect();
+    assert_eq!(ids.len(), nodes.len());
+    assert_eq!(ids, store.ids().into_iter().collect::<BTreeSet<_>>());
+    assert_eq!(store.gets.load(Ordering::Relaxed) - gets, nodes.len());
+    assert!(cache.peak_bytes() <= budget);
+    assert!(cache.is_empty());
+    // Pre-order: the root first, every node after its parent, at the
+    // first block of its slot.
+    assert_eq!(nodes[0], (Some(root), 3, 0));
+    let mut path: Vec<(u8, u64)> = Vec::new();
+    for (_, level, first_lba) in &nodes {
+        while path.last().is_some_and(|(l, _)| l <= level) {
+            path.pop();
+        }
+        if let Some((parent_level, parent_first)) = path.last() {
+            assert_eq!(*parent_level, level + 1);
+            let parent_span = 1u64 << (8 * (u32::from(*level) + 2));
+            assert!(*first_lba >= *parent_first && *first_lba - *parent_first < parent_span);
+            assert_eq!(first_lba % (parent_span >> 8), 0);
+        }
+        path.push((*level, *first_lba));
+    }
+    // The same from a 0-byte cache.
+    let m0 = open(&store, TIB_BLOCKS, root, 0);
+    assert_eq!(walk_all(&m0).unwrap(), (nodes, blocks));
+}
+
+#[test]
+fn visit_sees_dirty_nodes_and_can_skip_and_stop() {
+    let (store, mut map) = fresh(TIB_BLOCKS);
+    let writes: Vec<_> = (0..600u64).map(|i| (i * 1_000, fp(i + 1))).collect();
+    map.set(&writes).unwrap();
+    let root = map.flush().unwrap();
+    let stored = store.len();
+
+    // Unflushed: one new block far away, one zeroed range.
+    map.set(&[(TIB_BLOCKS - 1, fp(9))]).unwrap();
+    map.zero_range(1_500, 100_000).unwrap();
+    let mut model: BTreeMap<_, _> = writes.iter().copied().collect();
+    model.retain(|l, _| *l < 1_500 || *l >= 101_500);
+    model.insert(TIB_BLOCKS - 1, fp(9));
+    let (nodes, blocks) = walk_all(&map).unwrap();
+    assert_eq!(
+        blocks,
+        model.iter().map(|(l, f)| (*l, *f)).collect::<Vec<_>>()
+    );
+    // The root and the edited paths are dirty; the untouched subtrees
+    // below them are reported under their stored ids.
+    assert_eq!(nodes[0], (None, 3, 0));
+    let dirty = nodes.iter().filter(|(id, _, _)| id.is_none()).count();
+    assert_eq!(dirty, map.dirty_nodes());
+    assert!(nodes.iter().any(|(id, _, _)| id.is_some()));
+    assert_eq!(map.root(), root);
+    assert_eq!(store.len(), stored);
+    map.flush().unwrap();
+    assert_eq!(walked_ids(&map), model_node_ids(TIB_BLOCKS, &model));
+
+    // SkipChildren at the root reads nothing.
+    let m = open(&store, TIB_BLOCKS, map.root(), 0);
+    let gets = store.gets.load(Ordering::Relaxed);
+    let mut seen = 0;
+    m.visit(|_| -> Result<Walk, MapError> {
+        seen += 1;
+        Ok(Walk::SkipChildren)
+    })
+    .unwrap();
+    assert_eq!(seen, 1);
+    assert_eq!(store.gets.load(Ordering::Relaxed), gets);
+    // Skipping the level-1 nodes: no leaves, no blocks, and only the
+    // nodes above them read.
+    let mut levels = Vec::new();
+    m.visit(|v| -> Result<Walk, MapError> {
+        match v {
+            Visit::Node { level: 1, .. } => {
+                levels.push(1);
+                Ok(Walk::SkipChildren)
+            }
+            Visit::Node { level, .. } => {
+                levels.push(level);
+                Ok(Walk::Continue)
+            }
+            Visit::Block { .. } => panic!("a skipped block"),
+        }
+    })
+    .unwrap();
+    assert!(levels.iter().all(|l| *l >= 1));
+    let above = levels.iter().filter(|l| **l > 1).count();
+    assert_eq!(store.gets.load(Ordering::Relaxed) - gets, above);
+
+    // A visitor error stops the walk and comes back, in the visitor's own
+    // error type.
+    #[derive(Debug)]
+    enum GcError {
+        Enough,
+        Map(MapError),
+    }
+    impl From<MapError> for GcError {
+        fn from(e: MapError) -> GcError {
+            GcError::Map(e)
+        }
+    }
+    let mut taken = 0;
+    let r = m.visit(|v| {
+        if matches!(v, Visit::Block { .. }) {
+            taken += 1;
+            if taken == 5 {
+                return Err(GcError::Enough);
+            }
+        }
+        Ok(Walk::Continue)
+    });
+    assert!(matches!(r, Err(GcError::Enough)));
+    assert_eq!(taken, 5);
+
+    // A missing node is the map's error.
+    let root_node = Node::decode(&store.get(&m.root()).unwrap().unwrap()).unwrap();
+    let child = root_node.slot(0);
+    store.remove(&child);
+    let r = m.visit(|_| Ok::<_, GcError>(Walk::Continue));
+    assert!(matches!(r, Err(GcError::Map(MapError::NodeMissing { id })) if id == child));
+
+    // An empty map reports nothing.
+    let (_, empty) = fresh(TIB_BLOCKS);
+    assert_eq!(walk_all(&empty).unwrap(), (vec![], vec![]));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Set(Vec<(u64, u64)>),
+    Zero(u64, u64, u8),
     Flush,
     Reopen,
 }
@@ -421,9 +771,67 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => proptest::collection::vec((any::<u64>(), 0u64..6), 1..20).prop_map(Op::Set),
+        2 => (any::<u64>(), any::<u64>(), 0u8..4).prop_map(|(a, b, k)| Op::Zero(a, b, k)),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
     ]
+}
+
+/// A block range `(start, count)` inside a vdisk of `size` blocks from raw
+/// proptest values: clustered near the start where the writes cluster,
+/// anywhere, aligned to a subtree, or the whole vdisk.
+fn zero_range_of(size: u64, a: u64, b: u64, kind: u8) -> (u64, u64) {
+    let (start, count) = match kind {
+        0 => (a % 600 % size, b % 600),
+        1 => {
+            let start = a % size;
+            (start, b % (size - start) + 1)
+        }
+        2 => {
+            let align = 1u64 << (8 * (b % 4));
+            let count = 1u64 << (8 * ((b >> 8) % 4));
+            ((a % size) & !(align - 1), count)
+        }
+        _ => (0, size),
+    };
+    (start, count.min(size - start))
+}
+
+/// Everything a walk of `map` reports: its nodes, then its blocks.
+#[allow(clippy::type_complexity)]
+fn walk_all<S: NodeStore>(
+    map: &VdiskMap<S>,
+) -> Result<(Vec<(Option<Fingerprint>, u8, u64)>, Vec<(u64, Fingerprint)>), MapError> {
+    let mut nodes = Vec::new();
+    let mut blocks = Vec::new();
+    map.visit(|v| -> Result<Walk, MapError> {
+        match v {
+            Visit::Node {
+                id,
+                level,
+                first_lba,
+            } => nodes.push((id, level, first_lba)),
+            Visit::Block { lba, fingerprint } => blocks.push((lba, fingerprint)),
+        }
+        Ok(Walk::Continue)
+    })?;
+    Ok((nodes, blocks))
+}
+
+/// The ids of the nodes a walk of `map` reports (clean ones only).
+fn walked_ids<S: NodeStore>(map: &VdiskMap<S>) -> BTreeSet<Fingerprint> {
+    let (nodes, _) = walk_all(map).unwrap();
+    nodes.iter().filter_map(|(id, _, _)| *id).collect()
+}
+
+/// The ids of every node of the tree holding `model`: written once into a
+/// fresh store and flushed, the store holds exactly those.
+fn model_node_ids(size: u64, model: &BTreeMap<u64, Fingerprint>) -> BTreeSet<Fingerprint> {
+    let (store, mut map) = fresh(size);
+    map.set(&model.iter().map(|(l, f)| (*l, *f)).collect::<Vec<_>>())
+        .unwrap();
+    map.flush().unwrap();
+    store.ids().into_iter().collect()
 }
 
 proptest! {
@@ -458,6 +866,19 @@ proptest! {
                         if f.is_zero() { model.remove(&l); } else { model.insert(l, f); }
                     }
                 }
+                Op::Zero(a, b, kind) => {
+                    let (start, count) = zero_range_of(size, a, b, kind);
+                    let before = map.dirty_nodes();
+                    map.zero_range(start, count).unwrap();
+                    // O(depth) nodes, whatever the count.
+                    prop_assert!(map.dirty_nodes() <= before + 2 * usize::from(map.depth()));
+                    let end = start + count;
+                    model.retain(|l, _| *l < start || *l >= end);
+                    if count > 0 {
+                        prop_assert_eq!(map.get(start).unwrap(), Fingerprint::ZERO);
+                        prop_assert_eq!(map.get(end - 1).unwrap(), Fingerprint::ZERO);
+                    }
+                }
                 Op::Flush => { map.flush().unwrap(); }
                 Op::Reopen => {
                     let root = map.flush().unwrap();
@@ -472,11 +893,23 @@ proptest! {
             let l = p % size;
             prop_assert_eq!(map.get(l).unwrap(), model.get(&l).copied().unwrap_or(Fingerprint::ZERO));
         }
+        // A walk, dirty nodes and all, reports exactly the model's blocks.
+        let want: Vec<_> = model.iter().map(|(l, f)| (*l, *f)).collect();
+        let (nodes, blocks) = walk_all(&map).unwrap();
+        prop_assert_eq!(&blocks, &want);
+        prop_assert_eq!(nodes.is_empty(), map.root().is_zero() && !map.is_dirty());
         // The final root equals that of a map written once with the model.
         let root = map.flush().unwrap();
-        let (_, mut once) = fresh(size);
-        once.set(&model.iter().map(|(l, f)| (*l, *f)).collect::<Vec<_>>()).unwrap();
+        let (once_store, mut once) = fresh(size);
+        once.set(&want).unwrap();
         prop_assert_eq!(once.flush().unwrap(), root);
         prop_assert_eq!(root.is_zero(), model.is_empty());
+        // After a flush, a walk reports every node of that root, all clean:
+        // exactly what a fresh store holds for it.
+        let (nodes, blocks) = walk_all(&map).unwrap();
+        prop_assert_eq!(blocks, want);
+        prop_assert!(nodes.iter().all(|(id, _, _)| id.is_some()));
+        let ids: BTreeSet<_> = nodes.iter().filter_map(|(id, _, _)| *id).collect();
+        prop_assert_eq!(ids, once_store.ids().into_iter().collect::<BTreeSet<_>>());
     }
 }

@@ -5,8 +5,9 @@
 //! engine is shared by all queues of a vdisk; each queue thread owns one
 //! [`EngineQueue`], which submits operations and reports their completions.
 
-mod buffers;
+pub(crate) mod buffers;
 pub mod raw;
+pub mod strata;
 mod sync_io;
 mod uring;
 

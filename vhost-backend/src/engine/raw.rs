@@ -114,7 +114,7 @@ impl RawImage {
 }
 
 /// Opens with O_DIRECT, or without it on file systems that refuse it (tmpfs).
-fn open_image(path: &Path, read_only: bool) -> anyhow::Result<(File, bool)> {
+pub(crate) fn open_image(path: &Path, read_only: bool) -> anyhow::Result<(File, bool)> {
     let open = |flags: i32| {
         OpenOptions::new()
             .read(true)
@@ -134,7 +134,7 @@ fn open_image(path: &Path, read_only: bool) -> anyhow::Result<(File, bool)> {
 }
 
 /// Size of a regular file or block device.
-fn image_size(file: &mut File) -> io::Result<u64> {
+pub(crate) fn image_size(file: &mut File) -> io::Result<u64> {
     let meta = file.metadata()?;
     if meta.file_type().is_block_device() {
         file.seek(SeekFrom::End(0))

@@ -1,0 +1,251 @@
+//! The flusher: the one thread that writes to the store's flash. It writes
+//! queued journal batches (group commit: everything queued while the last
+//! write ran goes in the next record), sealed segments in one write each,
+//! and checkpoints.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_common::ondisk::{BatchBuilder, Checkpoint, RecordKind, VdiskRoot};
+
+use super::core::{Core, SlotState};
+use super::device::PageWriter;
+use super::journal::{record_image, JournalRing, CHECKPOINT_RESERVE};
+use super::{Shared, StoreError};
+
+/// A checkpoint is due when the journal is this full (fraction in percent).
+const CHECKPOINT_JOURNAL_PERCENT: usize = 50;
+/// ... or when the maps hold this many unflushed bytes.
+const CHECKPOINT_DIRTY_MAP_BYTES: usize = 64 << 20;
+/// ... or this long after the last one, if anything changed since.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The flusher's own tools: the page writer and the journal bookkeeping.
+pub struct Writer {
+    /// Writes pages to flash.
+    pub pages: PageWriter,
+    /// The journal ring.
+    pub ring: JournalRing,
+    /// When the last checkpoint was written.
+    pub last_checkpoint: Instant,
+    /// Records written since the last checkpoint.
+    pub records_since_checkpoint: u64,
+}
+
+/// The flusher thread's body: runs until the store stops, then writes a
+/// final checkpoint.
+pub fn run(shared: Arc<Shared>) {
+    let core = &*shared.core;
+    loop {
+        let stopping = {
+            let mut state = core.lock();
+            loop {
+                let due = state.checkpoint_wanted
+                    || !state.batch.is_empty()
+                    || !state.unwritten.is_empty()
+                    || state.stopping;
+                if due {
+                    break;
+                }
+                let (next, wait) = core
+                    .flusher_wake
+                    .wait_timeout(state, CHECKPOINT_INTERVAL)
+                    .unwrap_or_else(|p| p.into_inner());
+                state = next;
+                // Idle for a while: checkpoint whatever the journal holds.
+                state.checkpoint_wanted |= wait.timed_out();
+            }
+            state.stopping
+        };
+        if core.failure().is_some() {
+            if stopping {
+                return;
+            }
+            // Nothing more can be written; drop queued work so writers fail
+            // instead of waiting.
+            let mut state = core.lock();
+            state.batch.clear();
+            state.unwritten.clear();
+            state.checkpoint_wanted = false;
+            drop(state);
+            core.room.notify_all();
+            continue;
+        }
+        let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let result = flush_once(&shared, &mut writer, stopping);
+        if let Err(e) = result {
+            core.fail(format!("{e}"));
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// One round: the queued batch, the sealed segments, and a checkpoint if
+/// one is due (always when stopping).
+fn flush_once(shared: &Shared, writer: &mut Writer, stopping: bool) -> Result<(), StoreError> {
+    write_batch(shared, writer)?;
+    write_segments(&shared.core, writer)?;
+    if stopping || checkpoint_due(shared, writer) {
+        checkpoint(shared, writer)?;
+    }
+    Ok(())
+}
+
+fn checkpoint_due(shared: &Shared, writer: &Writer) -> bool {
+    let core = &*shared.core;
+    if std::mem::take(&mut core.lock().checkpoint_wanted) {
+        return writer.records_since_checkpoint > 0;
+    }
+    if writer.ring.used() * 100 >= writer.ring.len() * CHECKPOINT_JOURNAL_PERCENT {
+        return true;
+    }
+    let dirty: usize = shared.vdisks().iter().map(|v| v.map().dirty_bytes()).sum();
+    dirty >= CHECKPOINT_DIRTY_MAP_BYTES
+        || (writer.records_since_checkpoint > 0
+            && writer.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+}
+
+/// Writes the queued journal batch as one record and publishes it durable.
+pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreError> {
+    let core = &*shared.core;
+    let (batch, last_seq) = {
+        let mut state = core.lock();
+        if state.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut state.batch, BatchBuilder::new());
+        (batch, state.batch_last_seq)
+    };
+    core.room.notify_all();
+    let len = strata_common::ondisk::record_len(batch.body().len());
+    let pos = match writer.ring.place(len, CHECKPOINT_RESERVE) {
+        Some(pos) => pos,
+        None => {
+            // The journal is full: a checkpoint covers everything in it.
+            checkpoint(shared, writer)?;
+            writer
+                .ring
+                .place(len, CHECKPOINT_RESERVE)
+                .ok_or(StoreError::JournalTooSmall {
+                    record: len,
+                    journal: writer.ring.len(),
+                })?
+        }
+    };
+    write_record(core, writer, RecordKind::Batch, pos, batch.body())?;
+    core.publish_durable(last_seq);
+    Ok(())
+}
+
+fn write_record(
+    core: &Core,
+    writer: &mut Writer,
+    kind: RecordKind,
+    pos: usize,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    let rec_no = writer.ring.next_rec_no();
+    let image = record_image(kind, rec_no, &core.superblock.store_id, body);
+    let offset = core.superblock.journal_offset + pos as u64;
+    writer
+        .pages
+        .write_all_at(image.as_slice(), offset)
+        .and_then(|()| core.device.sync())
+        .map_err(|source| StoreError::Io {
+            what: "writing the journal",
+            source,
+        })?;
+    writer.ring.written(pos, image.as_slice().len());
+    writer.records_since_checkpoint += 1;
+    core.counters
+        .journal_records
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Writes every sealed segment, each in one write, then makes them durable.
+pub fn write_segments(core: &Core, writer: &mut Writer) -> Result<(), StoreError> {
+    let pending: Vec<_> = core.lock().unwritten.iter().cloned().collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for segment in &pending {
+        writer
+            .pages
+            .write_all_at(segment.image(), core.slot_offset(segment.slot))
+            .map_err(|source| StoreError::Io {
+                what: "writing a segment",
+                source,
+            })?;
+    }
+    core.device.sync().map_err(|source| StoreError::Io {
+        what: "syncing segments",
+        source,
+    })?;
+    let mut state = core.lock();
+    for segment in &pending {
+        state.unwritten.retain(|s| !Arc::ptr_eq(s, segment));
+        state.slots[segment.slot as usize].state = SlotState::OnFlash;
+    }
+    drop(state);
+    core.counters
+        .segments_written
+        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+    core.room.notify_all();
+    Ok(())
+}
+
+/// Flushes every map, writes all frames and nodes to segments and records
+/// the roots in a checkpoint; the journal before it is then free.
+pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<(), StoreError> {
+    let core = &*shared.core;
+    let mut roots = Vec::new();
+    for vdisk in shared.vdisks() {
+        let mut map = vdisk.map_mut();
+        // Under the map's lock no update of this vdisk is in flight: every
+        // update numbered below next_seq is in the map.
+        let applied_seq = core.lock().next_seq.saturating_sub(1);
+        let root = map.flush().map_err(|source| StoreError::Map {
+            vdisk: vdisk.name.clone(),
+            source,
+        })?;
+        roots.push(VdiskRoot {
+            id: vdisk.id,
+            name: vdisk.name.clone(),
+            block_count: vdisk.block_count,
+            root,
+            applied_seq,
+        });
+    }
+    let next_seq = {
+        let mut state = core.lock();
+        core.seal_open(&mut state);
+        state.next_seq
+    };
+    write_segments(core, writer)?;
+    let rec_no = writer.ring.next_rec_no();
+    let body = Checkpoint {
+        replay_from_rec: rec_no,
+        next_seq,
+        vdisks: roots,
+    }
+    .encode();
+    let len = strata_common::ondisk::record_len(body.len());
+    let pos = writer
+        .ring
+        .place(len, 0)
+        .ok_or(StoreError::JournalTooSmall {
+            record: len,
+            journal: writer.ring.len(),
+        })?;
+    write_record(core, writer, RecordKind::Checkpoint, pos, &body)?;
+    writer.ring.release_before(rec_no);
+    writer.last_checkpoint = Instant::now();
+    writer.records_since_checkpoint = 0;
+    core.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(rec_no, next_seq, "checkpoint written");
+    Ok(())
+}

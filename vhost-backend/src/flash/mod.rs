@@ -1,0 +1,376 @@
+//! The flash store: the host's flash as a log of segments holding frames
+//! (compressed, encrypted, checksummed blocks) and map nodes, a journal
+//! ring that makes writes durable before their segment is full, a flash
+//! index from fingerprint to location, and the vdisks' maps.
+//!
+//! Writes fingerprint each block, store the blocks the store lacks in the
+//! open segment (RAM), point the vdisk's map at them and queue the change
+//! for the journal. The flusher thread writes journal batches (group
+//! commit), full segments (one write each) and checkpoints (all maps
+//! flushed into segments, roots recorded in the journal). Recovery loads
+//! the last checkpoint's roots, rebuilds the index from segment summaries
+//! and replays the journal after the checkpoint. docs/ARCHITECTURE.md has
+//! the byte formats and the reasoning.
+
+mod core;
+mod device;
+mod flusher;
+mod journal;
+mod recovery;
+mod segment;
+mod vdisk;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
+use strata_common::frame::{FrameCodec, FrameError, FrameKeys};
+use strata_common::map::{MapError, NodeCache, NodeIdKey, VdiskMap};
+use strata_common::ondisk::{Superblock, PAGE};
+
+pub use self::core::{Core, Located};
+use self::device::{FlashDevice, PageWriter};
+use self::flusher::Writer;
+use self::journal::JournalRing;
+pub use self::segment::Location;
+use self::vdisk::NodeAccess;
+pub use self::vdisk::StoreVdisk;
+use crate::engine::IoMode;
+
+/// How to open or make a flash store.
+#[derive(Debug, Clone)]
+pub struct FlashConfig {
+    /// The flash file or block device.
+    pub path: PathBuf,
+    /// Size of a new flash file.
+    pub size: u64,
+    /// Bytes per segment.
+    pub segment_size: u32,
+    /// Bytes of journal ring on a new flash.
+    pub journal_size: u64,
+    /// RAM budget for cached map nodes.
+    pub map_cache_bytes: usize,
+    /// The datastore name recorded at format.
+    pub datastore: String,
+    /// How to do I/O.
+    pub io: IoMode,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Flash I/O failed.
+    #[error("flash I/O failed {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A vdisk's map failed.
+    #[error("vdisk {vdisk}: {source}")]
+    Map {
+        /// The vdisk.
+        vdisk: String,
+        /// The error.
+        #[source]
+        source: MapError,
+    },
+    /// Encoding a frame failed.
+    #[error("cannot encode a frame: {0}")]
+    Encode(#[source] FrameError),
+    /// No free segment slot.
+    #[error("flash store full: all {segments} segments in use")]
+    Full {
+        /// Number of segments.
+        segments: u32,
+    },
+    /// A record does not fit the journal even when it is empty.
+    #[error("journal of {journal} bytes too small for a {record}-byte record")]
+    JournalTooSmall {
+        /// Record length.
+        record: usize,
+        /// Journal length.
+        journal: usize,
+    },
+    /// An earlier flash write failed; the store takes no more writes.
+    #[error("flash store stopped after an earlier failure: {0}")]
+    Failed(Arc<str>),
+    /// A broken invariant (a bug).
+    #[error("flash store internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl From<StoreError> for std::io::Error {
+    fn from(e: StoreError) -> std::io::Error {
+        match e {
+            StoreError::Io { source, .. } => source,
+            StoreError::Full { .. } => std::io::Error::from_raw_os_error(libc::ENOSPC),
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// What the flusher, the vdisks and the store handle share.
+pub struct Shared {
+    core: Arc<Core>,
+    vdisks: RwLock<Vec<Arc<StoreVdisk>>>,
+    writer: Mutex<Writer>,
+    node_ids: NodeIdKey,
+    node_cache: Arc<NodeCache>,
+}
+
+impl Shared {
+    /// The vdisks, in id order.
+    pub fn vdisks(&self) -> Vec<Arc<StoreVdisk>> {
+        self.vdisks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn open_map(&self, block_count: u64, root: Fingerprint) -> VdiskMap<NodeAccess> {
+        VdiskMap::open(
+            NodeAccess::new(self.core.clone()),
+            self.node_cache.clone(),
+            self.node_ids.clone(),
+            block_count,
+            root,
+        )
+    }
+}
+
+/// The host's flash store.
+pub struct FlashStore {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FlashStore {
+    /// Opens the store on `config.path`, formatting a new or blank flash,
+    /// and recovering an existing one.
+    pub fn open(config: &FlashConfig, keys: &FrameKeys) -> anyhow::Result<FlashStore> {
+        let started = Instant::now();
+        let (device, created) = FlashDevice::open_or_create(&config.path, config.size)?;
+        let flash = device.path().display().to_string();
+        let mut page0 = crate::engine::buffers::AlignedBuf::new(PAGE, PAGE);
+        device
+            .read_exact_at(page0.as_mut_slice(), 0)
+            .with_context(|| format!("cannot read the superblock of flash {flash}"))?;
+        let blank = page0.as_slice().iter().all(|&b| b == 0);
+        let mut pages = PageWriter::new(&device, config.io)
+            .with_context(|| format!("cannot set up io_uring for flash {flash}"))?;
+        let superblock = if created || blank {
+            let superblock = format_layout(config, device.len())
+                .with_context(|| format!("cannot format flash {flash}"))?;
+            let mut image = crate::engine::buffers::AlignedBuf::new(PAGE, PAGE);
+            image.as_mut_slice().copy_from_slice(&superblock.encode());
+            pages
+                .write_all_at(image.as_slice(), 0)
+                .and_then(|()| device.sync())
+                .with_context(|| format!("cannot write the superblock of flash {flash}"))?;
+            tracing::info!(%flash, segments = superblock.segment_count, segment_size = superblock.segment_size,
+                journal = superblock.journal_len, "formatted flash");
+            superblock
+        } else {
+            Superblock::decode(page0.as_slice()).with_context(|| {
+                format!("flash {flash} does not hold a Strata store (or it is damaged)")
+            })?
+        };
+        if superblock.datastore != config.datastore {
+            bail!(
+                "flash {flash} belongs to datastore {:?}, not {:?}",
+                superblock.datastore,
+                config.datastore
+            );
+        }
+        let core = Arc::new(Core {
+            device,
+            superblock: superblock.clone(),
+            codec: FrameCodec::new(keys),
+            state: Mutex::new(recovery::empty_state(&superblock)),
+            flusher_wake: Condvar::new(),
+            room: Condvar::new(),
+            durable_seq: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
+            counters: Default::default(),
+        });
+        let shared = Arc::new(Shared {
+            core: core.clone(),
+            vdisks: RwLock::new(Vec::new()),
+            writer: Mutex::new(Writer {
+                pages,
+                ring: JournalRing::new(superblock.journal_len as usize, 0),
+                last_checkpoint: Instant::now(),
+                records_since_checkpoint: 0,
+            }),
+            node_ids: NodeIdKey::new(&keys.dedupe_key),
+            node_cache: Arc::new(NodeCache::new(config.map_cache_bytes)),
+        });
+        let replayed = if created || blank {
+            let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            flusher::checkpoint(&shared, &mut writer)
+                .with_context(|| format!("cannot write the first checkpoint on flash {flash}"))?;
+            0
+        } else {
+            recovery::recover(&shared).with_context(|| format!("cannot recover flash {flash}"))?
+        };
+        let flusher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("flusher".into())
+                .spawn(move || flusher::run(shared))
+                .context("cannot start the flusher thread")?
+        };
+        tracing::info!(%flash, vdisks = shared.vdisks().len(), replayed, elapsed_ms = started.elapsed().as_millis() as u64,
+            direct = shared.core.device.is_direct(), io_uring = shared.writer.lock().map(|w| w.pages.uses_uring()).unwrap_or(false),
+            "flash store open");
+        Ok(FlashStore {
+            shared,
+            flusher: Mutex::new(Some(flusher)),
+        })
+    }
+
+    /// The shared core, for engine queues.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.shared.core
+    }
+
+    /// The vdisk `name` of `capacity` bytes, created (and checkpointed) if the
+    /// store does not have it yet.
+    pub fn open_vdisk(&self, name: &str, capacity: Option<u64>) -> anyhow::Result<Arc<StoreVdisk>> {
+        let existing = self.shared.vdisks().into_iter().find(|v| v.name == name);
+        if let Some(vdisk) = existing {
+            let have = vdisk.block_count * BLOCK_SIZE as u64;
+            if let Some(want) = capacity {
+                if want != have {
+                    bail!("vdisk {name} is {have} bytes on this flash, but size={want} was given (resizing is not supported)");
+                }
+            }
+            return Ok(vdisk);
+        }
+        let Some(capacity) = capacity else {
+            bail!("vdisk {name} does not exist on this flash (give size= to create it)");
+        };
+        if capacity == 0 || !capacity.is_multiple_of(BLOCK_SIZE as u64) {
+            bail!("vdisk {name}: size {capacity} is not a positive multiple of {BLOCK_SIZE} bytes");
+        }
+        let mut writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let id = self
+            .shared
+            .vdisks()
+            .iter()
+            .map(|v| v.id + 1)
+            .max()
+            .unwrap_or(1);
+        let map = self
+            .shared
+            .open_map(capacity / BLOCK_SIZE as u64, Fingerprint::ZERO);
+        let vdisk = Arc::new(StoreVdisk::new(
+            id,
+            name.to_string(),
+            map,
+            self.shared.core.clone(),
+        ));
+        self.shared
+            .vdisks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(vdisk.clone());
+        flusher::checkpoint(&self.shared, &mut writer)
+            .with_context(|| format!("cannot record new vdisk {name}"))?;
+        tracing::info!(vdisk = name, capacity, id, "created vdisk");
+        Ok(vdisk)
+    }
+
+    /// Every vdisk of the store.
+    pub fn vdisks(&self) -> Vec<Arc<StoreVdisk>> {
+        self.shared.vdisks()
+    }
+
+    /// Stops the flusher after a final checkpoint. Writes after this fail.
+    pub fn shut_down(&self) {
+        self.shared.core.lock().stopping = true;
+        self.shared.core.flusher_wake.notify_all();
+        let handle = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the flusher thread panicked");
+            }
+        }
+    }
+
+    /// Counters and space figures for the status command.
+    pub fn counters(&self) -> &self::core::Counters {
+        &self.shared.core.counters
+    }
+
+    /// Segments in use and in total.
+    pub fn segment_use(&self) -> (u32, u32) {
+        let state = self.shared.core.lock();
+        let total = state.slots.len() as u32;
+        (total - state.free.len() as u32, total)
+    }
+
+    /// The flash's journal fill, in bytes used and total.
+    pub fn journal_use(&self) -> (usize, usize) {
+        let writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        (writer.ring.used(), writer.ring.len())
+    }
+
+    /// Number of index entries.
+    pub fn index_len(&self) -> usize {
+        self.shared.core.lock().index.len()
+    }
+
+    /// Frames that failed verification since start.
+    pub fn bad_frames(&self) -> u64 {
+        self.shared.core.counters.bad_frames.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FlashStore {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Lays out a new store on `len` bytes of flash.
+fn format_layout(config: &FlashConfig, len: u64) -> anyhow::Result<Superblock> {
+    const MIB: u64 = 1 << 20;
+    let segment_size = u64::from(config.segment_size);
+    if segment_size < 64 * 1024 || !segment_size.is_multiple_of(PAGE as u64) {
+        bail!("segment size {segment_size} must be a multiple of {PAGE} and at least 64 KiB");
+    }
+    let journal_len = config.journal_size.min(len / 8) & !(MIB - 1);
+    if journal_len < 4 * MIB {
+        bail!("flash of {len} bytes leaves a journal of {journal_len} bytes; need at least 4 MiB (use a larger flash)");
+    }
+    let segments_offset = MIB + journal_len;
+    let segment_count =
+        (len.saturating_sub(segments_offset) / segment_size).min(u64::from(u32::MAX));
+    if segment_count < 8 {
+        bail!("flash of {len} bytes holds only {segment_count} segments of {segment_size} bytes; need at least 8");
+    }
+    let mut store_id = [0u8; 16];
+    getrandom::fill(&mut store_id)
+        .map_err(|e| anyhow::anyhow!("no randomness for the store id: {e}"))?;
+    Ok(Superblock {
+        store_id,
+        datastore: config.datastore.clone(),
+        journal_offset: MIB,
+        journal_len,
+        segments_offset,
+        segment_size: config.segment_size,
+        segment_count: segment_count as u32,
+    })
+}

@@ -1,0 +1,248 @@
+//! Opening an existing store: the index from segment summaries, the maps
+//! from the last checkpoint, then the journal records after it replayed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use rustc_hash::FxHashMap;
+use strata_common::frame::verify_checksum;
+use strata_common::ondisk::{
+    decode_batch, decode_summary, BatchBuilder, BatchItem, Checkpoint, EntryKind, RecordKind,
+    SegmentHeader, Superblock, PAGE, SEGMENT_HEADER_LEN,
+};
+
+use super::core::{Slot, SlotState, State};
+use super::journal::{recovered_ring, scan, FoundRecord};
+use super::vdisk::StoreVdisk;
+use super::Shared;
+use crate::engine::buffers::AlignedBuf;
+
+/// The state of a store with every slot free and nothing indexed.
+pub fn empty_state(superblock: &Superblock) -> State {
+    let count = superblock.segment_count;
+    State {
+        index: FxHashMap::default(),
+        slots: (0..count)
+            .map(|_| Slot {
+                state: SlotState::Free,
+                seq: 0,
+            })
+            .collect(),
+        free: (0..count).rev().collect(),
+        open: None,
+        unwritten: Default::default(),
+        next_segment_seq: 1,
+        batch: BatchBuilder::new(),
+        batch_last_seq: 0,
+        next_seq: 1,
+        checkpoint_wanted: false,
+        stopping: false,
+        failed: None,
+    }
+}
+
+/// Recovers the store; returns how many journal updates were replayed.
+pub fn recover(shared: &Shared) -> anyhow::Result<usize> {
+    let core = &*shared.core;
+    scan_segments(shared)?;
+
+    let sb = &core.superblock;
+    let mut ring = AlignedBuf::new(sb.journal_len as usize, PAGE);
+    core.device
+        .read_exact_at(ring.as_mut_slice(), sb.journal_offset)
+        .context("cannot read the journal")?;
+    let records = scan(ring.as_slice(), &sb.store_id);
+    drop(ring);
+    let (checkpoint_at, checkpoint) = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.header.kind == RecordKind::Checkpoint)
+        .max_by_key(|(_, r)| r.header.rec_no)
+        .context("the journal holds no checkpoint")?;
+    let cp = Checkpoint::decode(&checkpoint.body).context("the last checkpoint is damaged")?;
+    let cp_no = checkpoint.header.rec_no;
+
+    // The records after the checkpoint, in order, up to the first gap.
+    let mut by_no: HashMap<u64, &FoundRecord> = records
+        .iter()
+        .filter(|r| r.header.rec_no > cp_no)
+        .map(|r| (r.header.rec_no, r))
+        .collect();
+    let mut chain = vec![&records[checkpoint_at]];
+    while let Some(next) = by_no.remove(&(cp_no + chain.len() as u64)) {
+        chain.push(next);
+    }
+    if !by_no.is_empty() {
+        let mut lost: Vec<u64> = by_no.keys().copied().collect();
+        lost.sort_unstable();
+        tracing::error!(
+            after = cp_no + chain.len() as u64 - 1,
+            ?lost,
+            "journal has a gap: records after it are not replayed"
+        );
+    }
+
+    let mut applied = HashMap::new();
+    {
+        let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
+        for v in &cp.vdisks {
+            let map = shared.open_map(v.block_count, v.root);
+            vdisks.push(Arc::new(StoreVdisk::new(
+                v.id,
+                v.name.clone(),
+                map,
+                shared.core.clone(),
+            )));
+            applied.insert(v.id, v.applied_seq);
+        }
+    }
+    core.lock().next_seq = cp.next_seq.max(1);
+    let vdisks = shared.vdisks();
+    let mut replayed = 0;
+    for record in &chain[1..] {
+        if record.header.kind != RecordKind::Batch {
+            continue;
+        }
+        let items = decode_batch(&record.body)
+            .with_context(|| format!("journal record {} is damaged", record.header.rec_no))?;
+        for item in items {
+            let (seq, vdisk_id) = match &item {
+                BatchItem::Frame(frame) => {
+                    replay_frame(shared, frame);
+                    continue;
+                }
+                BatchItem::Set { seq, vdisk, .. } | BatchItem::Unmap { seq, vdisk, .. } => {
+                    (*seq, *vdisk)
+                }
+            };
+            {
+                let mut state = core.lock();
+                state.next_seq = state.next_seq.max(seq + 1);
+            }
+            let Some(vdisk) = vdisks.iter().find(|v| v.id == vdisk_id) else {
+                tracing::warn!(
+                    vdisk_id,
+                    seq,
+                    "journal names an unknown vdisk; update skipped"
+                );
+                continue;
+            };
+            if seq <= applied.get(&vdisk_id).copied().unwrap_or(0) {
+                continue;
+            }
+            let mut map = vdisk.map_mut();
+            let result = match item {
+                BatchItem::Set { lba, fps, .. } => {
+                    let updates: Vec<_> = (lba..).zip(fps).collect();
+                    map.set(&updates)
+                }
+                BatchItem::Unmap { lba, count, .. } => map.zero_range(lba, count),
+                BatchItem::Frame(_) => Ok(()),
+            };
+            result.with_context(|| format!("vdisk {}: replaying update {seq}", vdisk.name))?;
+            replayed += 1;
+        }
+    }
+    let last_seq = core.lock().next_seq - 1;
+    core.publish_durable(last_seq);
+    let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+    writer.ring = recovered_ring(sb.journal_len as usize, &chain);
+    // Make the replayed state a checkpoint, so the journal starts afresh.
+    if chain.len() > 1 {
+        super::flusher::checkpoint(shared, &mut writer)
+            .context("cannot checkpoint after recovery")?;
+    }
+    Ok(replayed)
+}
+
+/// Puts a frame from the journal back into the store, unless it is there.
+fn replay_frame(shared: &Shared, frame: &[u8]) {
+    let core = &*shared.core;
+    let header = match verify_checksum(frame) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "journal frame fails its checksum; skipped");
+            return;
+        }
+    };
+    let mut state = core.lock();
+    if state.index.contains_key(&header.fingerprint) {
+        return;
+    }
+    if let Err(e) = core.append(&mut state, header.fingerprint, EntryKind::Frame, frame) {
+        tracing::error!(error = %e, "cannot store a replayed frame");
+    }
+}
+
+/// Reads every slot's header and summary into the index.
+fn scan_segments(shared: &Shared) -> anyhow::Result<()> {
+    let core = &*shared.core;
+    let sb = &core.superblock;
+    let mut state = core.lock();
+    let mut header_page = AlignedBuf::new(PAGE, PAGE);
+    let mut valid = 0u32;
+    // seq of the segment each index entry came from: newer copies win.
+    let mut entry_seq: FxHashMap<_, u64> = FxHashMap::default();
+    for slot in 0..sb.segment_count {
+        let offset = core.slot_offset(slot);
+        core.device
+            .read_exact_at(header_page.as_mut_slice(), offset)
+            .with_context(|| format!("cannot read segment slot {slot}"))?;
+        let Ok(header) = SegmentHeader::decode(
+            &header_page.as_slice()[..SEGMENT_HEADER_LEN],
+            &sb.store_id,
+            sb.segment_size,
+        ) else {
+            continue;
+        };
+        let range = header.summary_range();
+        let first_page = range.start & !(PAGE - 1);
+        let mut pages = AlignedBuf::new(header.used_len() - first_page, PAGE);
+        core.device
+            .read_exact_at(pages.as_mut_slice(), offset + first_page as u64)
+            .with_context(|| format!("cannot read the summary of segment slot {slot}"))?;
+        let summary = &pages.as_slice()[range.start - first_page..range.end - first_page];
+        let entries = match decode_summary(summary, &header) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(slot, seq = header.seq, error = %e, "segment summary damaged; slot ignored");
+                continue;
+            }
+        };
+        for entry in entries {
+            let newer = entry_seq
+                .get(&entry.fingerprint)
+                .is_none_or(|&s| s < header.seq);
+            if newer {
+                entry_seq.insert(entry.fingerprint, header.seq);
+                state.index.insert(
+                    entry.fingerprint,
+                    super::Location {
+                        slot,
+                        offset: entry.offset,
+                        len: entry.len,
+                    },
+                );
+            }
+        }
+        state.slots[slot as usize] = Slot {
+            state: SlotState::OnFlash,
+            seq: header.seq,
+        };
+        state.next_segment_seq = state.next_segment_seq.max(header.seq + 1);
+        valid += 1;
+    }
+    state.free = (0..sb.segment_count)
+        .rev()
+        .filter(|&s| matches!(state.slots[s as usize].state, SlotState::Free))
+        .collect();
+    if valid == 0 && sb.segment_count > 0 {
+        tracing::debug!("no segments on flash yet");
+    }
+    drop(state);
+    if u64::from(sb.segment_count) * u64::from(sb.segment_size) > core.device.len() {
+        bail!("flash is smaller than its superblock says");
+    }
+    Ok(())
+}

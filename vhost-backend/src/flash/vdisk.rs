@@ -1,0 +1,230 @@
+//! A vdisk inside the flash store: its map, and the write and lookup
+//! operations the `strata` engine calls from queue threads.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rayon::prelude::*;
+use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
+use strata_common::map::{MapError, NodeStore, VdiskMap};
+use strata_common::ondisk::EntryKind;
+
+use super::core::{Core, MAX_BATCH_BYTES, MAX_UNWRITTEN_SEGMENTS};
+use super::StoreError;
+
+/// Requests with at least this many blocks fingerprint and encode them on
+/// all cores.
+const PARALLEL_BLOCKS: usize = 8;
+
+/// Map nodes as entries of the flash store.
+#[derive(Clone)]
+pub struct NodeAccess {
+    core: Arc<Core>,
+}
+
+impl NodeAccess {
+    /// Node access through `core`.
+    pub fn new(core: Arc<Core>) -> NodeAccess {
+        NodeAccess { core }
+    }
+}
+
+impl NodeStore for NodeAccess {
+    type Error = StoreError;
+
+    fn get(&self, id: &Fingerprint) -> Result<Option<Arc<[u8]>>, StoreError> {
+        let bytes = self.core.read_entry(id).map_err(|source| StoreError::Io {
+            what: "reading a map node",
+            source,
+        })?;
+        Ok(bytes.map(Arc::from))
+    }
+
+    fn put(&self, id: &Fingerprint, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut state = self.core.lock();
+        if !state.index.contains_key(id) {
+            self.core
+                .append(&mut state, *id, EntryKind::MapNode, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// One vdisk of the store.
+pub struct StoreVdisk {
+    /// Its id in journal records and checkpoints.
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// Its size in blocks.
+    pub block_count: u64,
+    map: RwLock<VdiskMap<NodeAccess>>,
+    core: Arc<Core>,
+}
+
+impl StoreVdisk {
+    /// A vdisk over `map`.
+    pub fn new(id: u32, name: String, map: VdiskMap<NodeAccess>, core: Arc<Core>) -> StoreVdisk {
+        StoreVdisk {
+            id,
+            name,
+            block_count: map.block_count(),
+            map: RwLock::new(map),
+            core,
+        }
+    }
+
+    /// The map, for reading.
+    pub fn map(&self) -> RwLockReadGuard<'_, VdiskMap<NodeAccess>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The map, for changing.
+    pub fn map_mut(&self) -> RwLockWriteGuard<'_, VdiskMap<NodeAccess>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn map_error(&self, source: MapError) -> StoreError {
+        StoreError::Map {
+            vdisk: self.name.clone(),
+            source,
+        }
+    }
+
+    /// The fingerprints of blocks `lba..lba + count`, into `out`.
+    pub fn fingerprints(
+        &self,
+        lba: u64,
+        count: u64,
+        out: &mut Vec<Fingerprint>,
+    ) -> Result<(), StoreError> {
+        let map = self.map();
+        for block in lba..lba + count {
+            out.push(map.get(block).map_err(|e| self.map_error(e))?);
+        }
+        Ok(())
+    }
+
+    /// Writes whole blocks `data` at block `lba`: fingerprints them, stores
+    /// the ones the store lacks, points the map at them and queues the
+    /// update for the journal. Returns the update's sequence number: the
+    /// write is durable once the store's durable sequence reaches it.
+    pub fn write_blocks(&self, lba: u64, data: &[u8]) -> Result<u64, StoreError> {
+        let core = &*self.core;
+        let blocks: Vec<&[u8; BLOCK_SIZE]> = data
+            .chunks_exact(BLOCK_SIZE)
+            .filter_map(|b| b.try_into().ok())
+            .collect();
+        let parallel = blocks.len() >= PARALLEL_BLOCKS;
+        let fingerprints: Vec<Fingerprint> = if parallel {
+            blocks
+                .par_iter()
+                .map(|b| core.codec.fingerprint(b))
+                .collect()
+        } else {
+            blocks.iter().map(|b| core.codec.fingerprint(b)).collect()
+        };
+
+        // Which blocks the store lacks (each new one once).
+        let mut misses: Vec<usize> = Vec::new();
+        {
+            let state = core.lock();
+            for (i, fp) in fingerprints.iter().enumerate() {
+                if !fp.is_zero()
+                    && !state.index.contains_key(fp)
+                    && !misses.iter().any(|&m| fingerprints[m] == *fp)
+                {
+                    misses.push(i);
+                }
+            }
+        }
+        let encode = |&i: &usize| {
+            let mut frame = Vec::new();
+            core.codec
+                .encode_fingerprinted(blocks[i], &fingerprints[i], &mut frame)
+                .map(|()| (fingerprints[i], frame))
+        };
+        let frames: Result<Vec<_>, _> = if parallel {
+            misses.par_iter().map(encode).collect()
+        } else {
+            misses.iter().map(encode).collect()
+        };
+        let frames = frames.map_err(StoreError::Encode)?;
+        let hits = fingerprints.iter().filter(|f| !f.is_zero()).count() - frames.len();
+        core.counters
+            .dedupe_hits
+            .fetch_add(hits as u64, std::sync::atomic::Ordering::Relaxed);
+
+        self.wait_for_room()?;
+        // The map lock spans the append, the map change and the journal
+        // entry, so a checkpoint sees all three or none of them.
+        let mut map = self.map_mut();
+        {
+            let mut state = core.lock();
+            for (fp, frame) in &frames {
+                if state.index.contains_key(fp) {
+                    continue;
+                }
+                core.append(&mut state, *fp, EntryKind::Frame, frame)?;
+                state.batch.push_frame(frame);
+                core.counters
+                    .frames_appended
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                core.counters
+                    .frame_bytes_appended
+                    .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let updates: Vec<(u64, Fingerprint)> = (lba..).zip(fingerprints.iter().copied()).collect();
+        map.set(&updates).map_err(|e| self.map_error(e))?;
+        let mut state = core.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.batch.push_set(seq, self.id, lba, &fingerprints);
+        state.batch_last_seq = seq;
+        drop(state);
+        drop(map);
+        core.flusher_wake.notify_all();
+        Ok(seq)
+    }
+
+    /// Makes blocks `lba..lba + count` read as zeros and frees their
+    /// mapping. Returns the update's sequence number.
+    pub fn unmap(&self, lba: u64, count: u64) -> Result<u64, StoreError> {
+        let core = &*self.core;
+        self.wait_for_room()?;
+        let mut map = self.map_mut();
+        map.zero_range(lba, count).map_err(|e| self.map_error(e))?;
+        let mut state = core.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.batch.push_unmap(seq, self.id, lba, count);
+        state.batch_last_seq = seq;
+        drop(state);
+        drop(map);
+        core.flusher_wake.notify_all();
+        Ok(seq)
+    }
+
+    /// Sequence number of the last update queued so far (by any vdisk): a
+    /// FLUSH is done when the durable sequence reaches it.
+    pub fn last_seq(&self) -> u64 {
+        self.core.lock().next_seq.saturating_sub(1)
+    }
+
+    /// Back-pressure: waits while the flusher is behind.
+    fn wait_for_room(&self) -> Result<(), StoreError> {
+        let core = &*self.core;
+        let mut state = core.lock();
+        loop {
+            if let Some(reason) = &state.failed {
+                return Err(StoreError::Failed(reason.clone()));
+            }
+            if state.unwritten.len() < MAX_UNWRITTEN_SEGMENTS && state.batch.len() < MAX_BATCH_BYTES
+            {
+                return Ok(());
+            }
+            core.flusher_wake.notify_all();
+            state = core.room.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
