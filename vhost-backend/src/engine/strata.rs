@@ -339,6 +339,10 @@ impl StrataQueue {
         let first = offset / BLOCK;
         let end = (offset + len).div_ceil(BLOCK);
         let skip = (offset - first * BLOCK) as usize;
+        let partial = skip != 0 || (offset + len) % BLOCK != 0;
+        let vdisk = self.vdisk.clone();
+        let _exclusive = partial.then(|| vdisk.partial_block_write());
+        let _shared = (!partial).then(|| vdisk.whole_block_write());
         let mut data = vec![0u8; ((end - first) * BLOCK) as usize];
         if skip != 0 {
             let head: &mut [u8; BLOCK_SIZE] = (&mut data[..BLOCK_SIZE])
@@ -387,7 +391,9 @@ impl StrataQueue {
         }
         zero_part(self, offset, first_whole * BLOCK)?;
         zero_part(self, end_whole * BLOCK, offset + len)?;
-        seq = self.vdisk.unmap(first_whole, end_whole - first_whole)?;
+        let vdisk = self.vdisk.clone();
+        let _shared = vdisk.whole_block_write();
+        seq = vdisk.unmap(first_whole, end_whole - first_whole)?;
         Ok(seq)
     }
 

@@ -332,6 +332,18 @@ impl FlashStore {
         self.shared.core.lock().index.len()
     }
 
+    /// The stored length (frame bytes, as the flash index records it) of
+    /// each of `fingerprints`, in order; `None` for one the store does not
+    /// hold. Takes the store's lock once for the whole slice, so callers
+    /// bound the slice to keep writers from waiting.
+    pub fn stored_lens(&self, fingerprints: &[Fingerprint]) -> Vec<Option<u32>> {
+        let state = self.shared.core.lock();
+        fingerprints
+            .iter()
+            .map(|fp| state.index.get(fp).map(|location| location.len))
+            .collect()
+    }
+
     /// Frames that failed verification since start.
     pub fn bad_frames(&self) -> u64 {
         self.shared.core.counters.bad_frames.load(Ordering::Relaxed)

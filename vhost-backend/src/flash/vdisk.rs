@@ -58,6 +58,9 @@ pub struct StoreVdisk {
     /// Its size in blocks.
     pub block_count: u64,
     map: RwLock<VdiskMap<NodeAccess>>,
+    /// Writes of whole blocks share it; a read-modify-write of part of a
+    /// block holds it alone, so no write lands between its read and write.
+    rmw: RwLock<()>,
     core: Arc<Core>,
 }
 
@@ -69,8 +72,19 @@ impl StoreVdisk {
             name,
             block_count: map.block_count(),
             map: RwLock::new(map),
+            rmw: RwLock::new(()),
             core,
         }
+    }
+
+    /// Held (shared) by writes of whole blocks.
+    pub fn whole_block_write(&self) -> RwLockReadGuard<'_, ()> {
+        self.rmw.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held (exclusive) by a read-modify-write of partial blocks.
+    pub fn partial_block_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.rmw.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The map, for reading.

@@ -4,6 +4,8 @@
 //! [`VdiskOptions`] (name, size, queues, logical block size, read-only,
 //! initial content). The daemon is `strata-host` unless
 //! `STRATA_TEST_DAEMON=qsd` selects `qemu-storage-daemon` (see [`Target`]).
+//! strata-host serves `strata` vdisks (its flash store) unless
+//! `STRATA_TEST_KIND=raw` selects raw image files (see [`Kind`]).
 //! Everything lives in a temporary directory that goes away with the
 //! [`Daemon`], which kills the process unless a test has already stopped it
 //! with [`Daemon::signal`] and [`Daemon::wait_for_exit`].
@@ -56,6 +58,26 @@ impl Target {
             Err(_) | Ok("") | Ok("strata-host") => Target::StrataHost,
             Ok("qsd") | Ok("qemu-storage-daemon") => Target::Qsd,
             Ok(other) => panic!("STRATA_TEST_DAEMON={other:?}: expected strata-host or qsd"),
+        }
+    }
+}
+
+/// How strata-host stores the vdisks under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `kind=strata`, in a flash store in the test's directory (the default).
+    Strata,
+    /// `kind=raw`: plain image files (`STRATA_TEST_KIND=raw`).
+    Raw,
+}
+
+impl Kind {
+    /// Reads the kind from `STRATA_TEST_KIND` (`strata` or `raw`).
+    pub fn from_env() -> Self {
+        match std::env::var("STRATA_TEST_KIND").as_deref() {
+            Err(_) | Ok("") | Ok("strata") => Kind::Strata,
+            Ok("raw") => Kind::Raw,
+            Ok(other) => panic!("STRATA_TEST_KIND={other:?}: expected strata or raw"),
         }
     }
 }
@@ -146,9 +168,18 @@ pub struct Vdisk {
     options: VdiskOptions,
     image: PathBuf,
     socket: PathBuf,
+    /// Whether its bytes are a plain image file the test may read directly.
+    has_image: bool,
 }
 
 impl Vdisk {
+    /// Whether the vdisk is a plain image file ([`Vdisk::image_bytes`] and
+    /// [`Vdisk::read_image`] work): qsd and raw vdisks; a `strata` vdisk's
+    /// bytes are encrypted frames in the flash store.
+    pub fn has_image(&self) -> bool {
+        self.has_image
+    }
+
     /// Path of the backing file.
     pub fn image(&self) -> &Path {
         &self.image
@@ -159,23 +190,31 @@ impl Vdisk {
         &self.socket
     }
 
-    /// Reads `len` bytes at byte `offset` of the image, bypassing the daemon.
-    pub fn read_image(&self, offset: u64, len: usize) -> Vec<u8> {
+    /// Reads `len` bytes at byte `offset` of the image, bypassing the daemon;
+    /// `None` for a vdisk without an image file (see [`Vdisk::has_image`]).
+    pub fn read_image(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        if !self.has_image {
+            return None;
+        }
         let mut buf = vec![0; len];
         File::open(&self.image)
             .and_then(|f| f.read_exact_at(&mut buf, offset))
             .unwrap_or_else(|e| panic!("reading {}: {e}", self.image.display()));
-        buf
+        Some(buf)
     }
 
-    /// The whole backing file, bypassing the daemon.
-    pub fn image_bytes(&self) -> Vec<u8> {
-        fs::read(&self.image).unwrap_or_else(|e| panic!("reading {}: {e}", self.image.display()))
+    /// The whole backing file, bypassing the daemon; `None` without one.
+    pub fn image_bytes(&self) -> Option<Vec<u8>> {
+        self.has_image.then(|| {
+            fs::read(&self.image)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", self.image.display()))
+        })
     }
 
-    /// Creates the image if the target needs one or content is preset.
+    /// Creates the image if the target needs one or content is preset
+    /// (strata vdisks get their preset content through the daemon instead).
     fn prepare_image(&self, target: Target) {
-        if self.options.preset.is_empty() && target == Target::StrataHost {
+        if !self.has_image || (self.options.preset.is_empty() && target == Target::StrataHost) {
             return;
         }
         let file = OpenOptions::new()
@@ -199,7 +238,10 @@ impl Vdisk {
 pub struct Daemon {
     child: Child,
     target: Target,
+    kind: Kind,
     vdisks: Vec<Vdisk>,
+    /// Extra flags, kept for restarts.
+    args: Vec<String>,
     /// The daemon's stdout and stderr.
     log: PathBuf,
     /// Keeps the images, sockets and log alive for the daemon's lifetime.
@@ -234,6 +276,7 @@ impl Daemon {
             "strata-host flags {args:?} given to {target:?}"
         );
         let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let kind = Kind::from_env();
         let vdisks: Vec<Vdisk> = vdisks
             .into_iter()
             .enumerate()
@@ -241,33 +284,59 @@ impl Daemon {
                 image: dir.path().join(format!("{}.img", options.name)),
                 socket: dir.path().join(format!("{i}.sock")),
                 options,
+                has_image: target == Target::Qsd || kind == Kind::Raw,
             })
             .collect();
         for vdisk in &vdisks {
             vdisk.prepare_image(target);
         }
-        let mut command = match target {
-            Target::StrataHost => strata_host_command(&vdisks),
-            Target::Qsd => qsd_command(&vdisks),
-        };
-        command.args(args);
-        let log = dir.path().join("daemon.log");
-        let log_file = File::create(&log).expect("creating the daemon log");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("cloning the log handle"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {target:?}: {e}"));
-        let mut daemon = Daemon {
-            child,
-            target,
-            vdisks,
-            log,
-            _dir: dir,
-        };
+        if target == Target::StrataHost && kind == Kind::Strata {
+            preset_strata_vdisks(&vdisks, dir.path());
+        }
+        let mut daemon = Daemon::spawn(target, kind, vdisks, dir, args);
         daemon.wait_for_sockets();
         daemon
+    }
+
+    fn spawn(target: Target, kind: Kind, vdisks: Vec<Vdisk>, dir: TempDir, args: &[&str]) -> Daemon {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let log = dir.path().join("daemon.log");
+        let child = launch(target, kind, &vdisks, dir.path(), &args, &log);
+        Daemon {
+            child,
+            target,
+            kind,
+            vdisks,
+            args,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to finish anything) and
+    /// starts it again on the same images or flash store, with the same
+    /// flags; returns once its sockets are back.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the killed daemon");
+        for vdisk in &self.vdisks {
+            // The killed daemon could not remove its sockets.
+            let _ = fs::remove_file(&vdisk.socket);
+        }
+        self.child = launch(
+            self.target,
+            self.kind,
+            &self.vdisks,
+            self._dir.path(),
+            &self.args,
+            &self.log,
+        );
+        self.wait_for_sockets();
+    }
+
+    /// How strata-host stores the vdisks (meaningless for qsd).
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// Polls until every socket exists, failing early if the daemon exits.
@@ -307,8 +376,8 @@ impl Daemon {
     }
 
     /// Reads `len` bytes at byte `offset` of the first vdisk's image,
-    /// bypassing the daemon.
-    pub fn read_image(&self, offset: u64, len: usize) -> Vec<u8> {
+    /// bypassing the daemon (`None` without an image file).
+    pub fn read_image(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
         self.vdisk(0).read_image(offset, len)
     }
 
@@ -381,18 +450,108 @@ impl Drop for Daemon {
     }
 }
 
-/// `strata-host --vdisk ...` for `vdisks` (docs/HOST-CLI.md).
-fn strata_host_command(vdisks: &[Vdisk]) -> Command {
+/// Starts the daemon process for `vdisks`, its output appended to `log`.
+fn launch(
+    target: Target,
+    kind: Kind,
+    vdisks: &[Vdisk],
+    dir: &Path,
+    args: &[String],
+    log: &Path,
+) -> Child {
+    let mut command = match target {
+        Target::StrataHost => strata_host_command(vdisks, kind, dir),
+        Target::Qsd => qsd_command(vdisks),
+    };
+    command.args(args);
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("opening the daemon log");
+    command
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("cloning the log handle"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {target:?}: {e}"))
+}
+
+/// Gives strata vdisks their preset content: a writable strata-host on the
+/// same flash store takes the writes and stops cleanly before the daemon
+/// under test starts (which may be read-only).
+fn preset_strata_vdisks(vdisks: &[Vdisk], dir: &Path) {
+    if vdisks.iter().all(|v| v.options.preset.is_empty()) {
+        return;
+    }
+    let writable: Vec<Vdisk> = vdisks
+        .iter()
+        .map(|v| Vdisk {
+            options: VdiskOptions {
+                read_only: false,
+                ..v.options.clone()
+            },
+            image: v.image.clone(),
+            socket: v.socket.clone(),
+            has_image: false,
+        })
+        .collect();
+    let mut command = strata_host_command(&writable, Kind::Strata, dir);
+    let log = dir.join("preset.log");
+    let log_file = File::create(&log).expect("creating the preset log");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("cloning the log handle"))
+        .stderr(log_file)
+        .spawn()
+        .expect("spawning strata-host for presets");
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while !writable.iter().all(|v| v.socket.exists()) {
+        let log_text = || fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "preset strata-host exited; log:\n{}",
+            log_text()
+        );
+        assert!(Instant::now() < deadline, "preset strata-host did not start; log:\n{}", log_text());
+        std::thread::sleep(POLL);
+    }
+    for v in &writable {
+        super::preset::write_through_daemon(&v.socket, &v.options.preset).unwrap_or_else(|e| {
+            panic!("presetting {}: {e}; log:\n{}", v.options.name, fs::read_to_string(&log).unwrap_or_default())
+        });
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) has no memory-safety preconditions; the child is ours
+    // and not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = wait_with_deadline(&mut child, STARTUP_TIMEOUT).expect("preset strata-host did not exit");
+    assert!(status.success(), "preset strata-host failed: {status}");
+}
+
+/// `strata-host --vdisk ...` for `vdisks` (docs/HOST-CLI.md); strata vdisks
+/// share one flash store in `dir`.
+fn strata_host_command(vdisks: &[Vdisk], kind: Kind, dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strata-host"));
+    if kind == Kind::Strata {
+        command
+            .arg("--flash")
+            .arg(dir.join("flash.img"))
+            .args(["--flash-size", "4G", "--key-dir"])
+            .arg(dir.join("keys"));
+        // CONTROL-SOCKET-PENDING
+    }
     for v in vdisks {
         let mut spec = format!(
-            "name={},path={},size={},socket={},queues={}",
+            "name={},size={},socket={},queues={}",
             v.options.name,
-            v.image.display(),
             v.options.size,
             v.socket.display(),
             v.options.queues
         );
+        if kind == Kind::Raw {
+            spec.push_str(&format!(",kind=raw,path={}", v.image.display()));
+        }
         if let Some(bs) = v.options.block_size {
             spec.push_str(&format!(",block-size={bs}"));
         }

@@ -5,6 +5,8 @@
 //!   images (one or more vdisks, with queues, block size, read-only, size and
 //!   initial content, and extra strata-host flags), signalling it and waiting
 //!   for its exit, and running strata-host to its exit.
+//! - [`preset`]: writing initial content through a running daemon (for
+//!   `strata` vdisks, which have no image file to prepare).
 //! - [`data`]: deterministic pseudo-random test data and byte comparisons.
 //! - [`vhost_frontend`]: a scriptable vhost-user-blk frontend that can put
 //!   arbitrary (including malformed) descriptor chains on a virtqueue.
@@ -18,4 +20,5 @@
 
 pub mod daemon;
 pub mod data;
+pub mod preset;
 pub mod vhost_frontend;
