@@ -257,14 +257,27 @@ impl Server {
 
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
+        if self.kind == ServerKind::StrataHost {
+            // strata vdisks (the default kind) in one flash store; restarts
+            // reopen it.
+            let dir = self.dir.path();
+            args.extend([
+                "--flash".to_string(),
+                dir.join("flash.img").display().to_string(),
+                "--flash-size".to_string(),
+                "8G".to_string(),
+                "--key-dir".to_string(),
+                dir.join("keys").display().to_string(),
+                // CONTROL-SOCKET-PENDING
+            ]);
+        }
         for (i, d) in self.disks.iter().enumerate() {
             match self.kind {
                 ServerKind::StrataHost => {
                     args.push("--vdisk".to_string());
                     args.push(format!(
-                        "name={},path={},size={},socket={},queues={}",
+                        "name={},size={},socket={},queues={}",
                         d.spec.name,
-                        d.image.display(),
                         size_arg(d.spec.size),
                         d.socket.display(),
                         d.spec.queues

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Compare strata-host, qemu-storage-daemon and the raw file on the same
-# backing file, with one `strata-bench compare` run.
+# Compare, in one `strata-bench compare` run on the same disk: a strata
+# vdisk (strata-host's flash store, in IMAGE.flash), strata-host serving the
+# backing file as a raw vdisk, qemu-storage-daemon exporting the same file,
+# and the file itself through io_uring.
 #
 # Usage: tools/scripts/bench-compare.sh IMAGE [strata-bench workload flags...]
 #
@@ -19,11 +21,13 @@
 # Environment:
 #   SIZE=1G         size of a newly created IMAGE (K/M/G suffixes)
 #   DAEMON_QUEUES=4 queues both daemons offer (>= the --queues you ask for)
-#   BASELINE=file   target the ratios are computed against (strata, qsd or
+#   BASELINE=file   target the ratios are computed against (strata, raw, qsd or
 #                   file), unless --baseline is among the flags
 #   NO_BUILD=1      do not run `cargo build --release` first
 #
-# The targets are named strata, qsd and file. Both daemons are stopped when
+# The targets are named strata, raw, qsd and file. The strata vdisk is
+# written once end to end with unique data before the run (a fresh flash
+# store each time, so reads hit real frames). Both daemons are stopped when
 # the script exits, however it exits. If strata-host does not start, its row
 # shows FAILED with the reason and the others still run.
 set -euo pipefail
@@ -74,7 +78,7 @@ cleanup() {
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$workdir"
+    rm -rf "$workdir" "$flash"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -100,15 +104,26 @@ wait_for_socket() {
 }
 
 strata_sock=$workdir/strata.sock
+raw_sock=$workdir/raw.sock
 qsd_sock=$workdir/qsd.sock
+flash=$image.flash
+bytes=$(stat -c %s "$image")
 
 if [[ -x $host ]]; then
-    "$host" --vdisk "name=bench,path=$image,socket=$strata_sock,queues=$queues" \
+    rm -f "$flash"
+    "$host" --flash "$flash" --flash-size $((bytes * 2 + (1 << 30))) \
+        --key-dir "$workdir/keys" --control-socket "$workdir/control.sock" \
+        --vdisk "name=bench,size=$bytes,socket=$strata_sock,queues=$queues" \
+        --vdisk "name=raw,kind=raw,path=$image,socket=$raw_sock,queues=$queues" \
         >"$workdir/strata.log" 2>&1 &
     pids+=($!)
-    wait_for_socket "$!" "$strata_sock" "$workdir/strata.log" strata-host || true
+    if wait_for_socket "$!" "$strata_sock" "$workdir/strata.log" strata-host; then
+        echo "bench-compare: writing the strata vdisk once with unique data" >&2
+        "$bench" run --target "vhost-user:$strata_sock" --rw write --bs 256k --iodepth 8 \
+            --pattern unique --verify --verify-passes write >/dev/null
+    fi
 else
-    echo "bench-compare: $host not built; the strata row will fail" >&2
+    echo "bench-compare: $host not built; the strata rows will fail" >&2
 fi
 
 # locking=off: strata-host has the same file open.
@@ -128,6 +143,7 @@ fi
 # traps while a foreground child runs); cleanup stops it first.
 "$bench" compare \
     --target "strata=vhost-user:$strata_sock" \
+    --target "raw=vhost-user:$raw_sock" \
     --target "qsd=vhost-user:$qsd_sock" \
     --target "file=file:$image" \
     "${extra[@]}" "$@" &

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on one box, no configuration: builds Strata, creates a vdisk
-# and serves it with strata-host in the foreground, printing the QEMU
+# The main job on one box, no configuration: builds Strata, creates a
+# `strata` vdisk (deduplicated, compressed, encrypted, in a flash store file
+# under STRATA_DIR) and serves it with strata-host in the foreground, printing the QEMU
 # arguments and the libvirt <disk> XML that attach it. Ctrl-C stops it.
 #
 # Environment: STRATA_DIR (default /var/lib/strata, or ~/.local/share/strata
@@ -16,7 +17,7 @@ dir=${STRATA_DIR:-$default_dir}
 name=${STRATA_VDISK:-vdisk0}
 size=${STRATA_SIZE:-8G}
 queues=${STRATA_QUEUES:-2}
-image=$dir/$name.img
+flash=$dir/flash.img
 socket=$dir/$name.sock
 mkdir -p "$dir"
 
@@ -25,13 +26,13 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 host=$repo/target/release/strata-host
 
-# A vdisk that exists keeps its size; a new one is created sparse.
-spec="name=$name,path=$image,socket=$socket,queues=$queues"
-[ -e "$image" ] || spec="$spec,size=$size"
+# A new vdisk is created with STRATA_SIZE; an existing one must keep its size.
+spec="name=$name,size=$size,socket=$socket,queues=$queues"
 
 cat <<MSG
 
-Strata is serving vdisk '$name' ($image) on $socket.
+Strata is serving vdisk '$name' ($size, in the flash store $flash) on $socket.
+Status (dedupe and compression ratios, flash use): $host status --control-socket $dir/strata-host.ctl
 
 Attach it to a QEMU guest (guest RAM must be shared memory):
 
@@ -54,4 +55,4 @@ or in a libvirt domain (with <memoryBacking><source type='memfd'/><access mode='
 In the guest the disk shows up as /dev/vda with serial '$name'. Ctrl-C stops strata-host.
 
 MSG
-exec "$host" --vdisk "$spec"
+exec "$host" --flash "$flash" --key-dir "$dir/keys" --control-socket "$dir/strata-host.ctl" --vdisk "$spec"

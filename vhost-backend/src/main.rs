@@ -4,11 +4,13 @@
 //! how the pieces fit.
 
 mod backend;
+mod control;
 mod engine;
 mod flash;
 mod queue;
 mod request;
 mod server;
+mod status;
 mod vdisk;
 mod virtio_config;
 
@@ -18,13 +20,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use strata_common::config::{FlashSettings, HostConfig, VdiskConfig, VdiskKind};
 use strata_common::keys::{DatastoreKeys, MasterKey};
 use tracing_subscriber::EnvFilter;
 
+use crate::control::ControlServer;
 use crate::engine::strata::StrataEngine;
 use crate::engine::{Engine, IoMode, RawImage};
 use crate::flash::{FlashConfig, FlashStore};
@@ -36,15 +39,20 @@ use crate::vdisk::Vdisk;
 #[command(
     version,
     about,
+    args_conflicts_with_subcommands = true,
     after_help = "\
 VDISK SPEC: name=NAME[,size=8G][,kind=strata|raw][,path=IMAGE][,socket=PATH][,queues=N]\
 [,block-size=512|4096][,read-only][,cache=writeback|writethrough]
   kind=strata (the default) keeps the vdisk in the flash store; kind=raw serves path=IMAGE as is.
 
 Example:
-  strata-host --vdisk name=d0,size=8G,socket=/run/strata/d0.sock"
+  strata-host --vdisk name=d0,size=8G,socket=/run/strata/d0.sock
+  strata-host status"
 )]
 struct Args {
+    /// Without a subcommand, strata-host serves vdisks.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML file with one [[vdisk]] table per vdisk.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -63,6 +71,9 @@ struct Args {
     /// Master key file [default: $STRATA_MASTER_KEY, else KEY_DIR/master.key, created].
     #[arg(long, value_name = "FILE")]
     master_key: Option<PathBuf>,
+    /// Control socket `strata-host status` talks to [default: /run/strata/strata-host.ctl].
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// How queues do I/O.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoMode,
@@ -71,12 +82,35 @@ struct Args {
     log: String,
 }
 
+/// What strata-host does besides serving vdisks.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Shows the flash store of a running strata-host: flash use, counters,
+    /// and per vdisk logical, unique and stored bytes with dedupe and
+    /// compression ratios.
+    Status(StatusArgs),
+}
+
+/// `strata-host status`.
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Config file whose `[flash] control-socket` to use.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The daemon's control socket [default: from --config, else /run/strata/strata-host.ctl].
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Print the daemon's JSON document instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
 fn parse_vdisk(spec: &str) -> Result<VdiskConfig, String> {
     VdiskConfig::from_spec(spec).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -85,7 +119,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(args) {
+    let result = match args.command.take() {
+        Some(Command::Status(status)) => run_status(&status),
+        None => run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata-host: {e:#}");
@@ -113,19 +151,50 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.master_key.is_some() {
         flash.master_key = args.master_key;
     }
+    if let Some(socket) = args.control_socket {
+        flash.control_socket = socket;
+    }
     config.validate()?;
     if config.vdisk.is_empty() {
         anyhow::bail!("no vdisks to serve: give --vdisk or --config (see --help)");
+    }
+
+    let has_store = config.vdisk.iter().any(|v| v.kind == VdiskKind::Strata);
+    let control_socket = &config.flash.control_socket;
+    if has_store
+        && config
+            .vdisk
+            .iter()
+            .any(|v| v.socket_path() == *control_socket)
+    {
+        anyhow::bail!(
+            "control socket {} is also a vdisk socket",
+            control_socket.display()
+        );
     }
 
     // Before anything is created on disk.
     for vdisk in &config.vdisk {
         VdiskServer::check_socket_free(&vdisk.name, &vdisk.socket_path())?;
     }
-    let store = if config.vdisk.iter().any(|v| v.kind == VdiskKind::Strata) {
+    if has_store {
+        ControlServer::check_socket_free(control_socket)?;
+    }
+    let store = if has_store {
         Some(Arc::new(open_store(&config.flash, args.io)?))
     } else {
         None
+    };
+    // Only a flash store has anything to report; raw-only hosts have no
+    // control socket. Bound before the vdisk sockets, so it answers by the
+    // time they exist.
+    let control = match &store {
+        Some(store) => {
+            let served = config.vdisk.iter().filter(|v| v.kind == VdiskKind::Strata);
+            let served = served.map(|v| v.name.clone()).collect();
+            Some(ControlServer::start(control_socket, store.clone(), served)?)
+        }
+        None => None,
     };
     let mut servers = Vec::new();
     for vdisk_config in &config.vdisk {
@@ -152,15 +221,50 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: completing in-flight I/O");
     }
+    if let Some(control) = &control {
+        control.shut_down();
+    }
     for server in &servers {
         server.shut_down();
         let _ = std::fs::remove_file(server.socket());
     }
     drop(servers);
+    drop(control);
     if let Some(store) = store {
         store.shut_down();
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `strata-host status`: asks the daemon on the control socket and prints
+/// its answer, as a summary or (`--json`) as is.
+fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
+    let socket = match (&args.control_socket, &args.config) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(path)) => HostConfig::from_file(path)?.flash.control_socket,
+        (None, None) => FlashSettings::default().control_socket,
+    };
+    let answer = control::request(&socket, "status")?;
+    let document: serde_json::Value = serde_json::from_str(&answer)
+        .with_context(|| format!("control socket {} sent no JSON", socket.display()))?;
+    if let Some(error) = document.get("error") {
+        let message = error
+            .as_str()
+            .map_or_else(|| error.to_string(), str::to_string);
+        anyhow::bail!("strata-host answered: {message}");
+    }
+    if args.json {
+        print!("{answer}");
+        return Ok(());
+    }
+    let status: status::HostStatus = serde_json::from_value(document).with_context(|| {
+        format!(
+            "control socket {} sent a status this strata-host does not understand (try --json)",
+            socket.display()
+        )
+    })?;
+    print!("{}", status::render(&status));
     Ok(())
 }
 

@@ -229,7 +229,8 @@ pub fn collect(
             }
             lens.extend(chunk.iter().copied().zip(store.stored_lens(chunk)));
         }
-        let (stored, missing) = stored_of(distinct.iter().map(|fp| lens.get(fp).copied().flatten()));
+        let (stored, missing) =
+            stored_of(distinct.iter().map(|fp| lens.get(fp).copied().flatten()));
         if missing > 0 {
             tracing::warn!(vdisk = %vdisk.name, missing, "mapped blocks missing from the flash index");
         }

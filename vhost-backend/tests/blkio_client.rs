@@ -902,7 +902,12 @@ fn flush_and_fua_writes_reach_the_backing_file() {
     }
     let back = q.read(2 * MIB, 8192).expect("read back");
     assert_bytes_eq(&back[..4096], &a, 2 * MIB, "first batched write, read back");
-    assert_bytes_eq(&back[4096..], &b, 2 * MIB + 4096, "second batched write, read back");
+    assert_bytes_eq(
+        &back[4096..],
+        &b,
+        2 * MIB + 4096,
+        "second batched write, read back",
+    );
 }
 
 /// Each thread owns every `queues`-th 2 KiB stripe, so threads write
@@ -1274,7 +1279,11 @@ fn startup_errors_exit_with_one_line_and_the_documented_code() {
         "--vdisk".to_string(),
         format!("name=n,socket={}", socket.display()),
     ]);
-    assert_eq!(status.code(), Some(1), "new strata vdisk without size: {stderr}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "new strata vdisk without size: {stderr}"
+    );
     assert!(stderr.contains("size="), "says what is missing: {stderr}");
 
     // Bad usage: a vdisk without a name; a strata vdisk with a path.

@@ -192,6 +192,11 @@ impl StrataQueue {
         self.decode(lba, &fp, &frame, block)
     }
 
+    /// Whether `fingerprint` is no longer at `location` (the cleaner moved it).
+    fn moved(&self, fingerprint: &Fingerprint, location: &Location) -> bool {
+        !matches!(self.core.locate(fingerprint), Some(Located::Flash(l)) if l == *location)
+    }
+
     fn missing(&self, lba: u64, fp: &Fingerprint) -> io::Error {
         self.core
             .counters
@@ -429,11 +434,19 @@ impl StrataQueue {
                 let frame =
                     &read.pages.as_slice()[read.skip..read.skip + read.location.len as usize];
                 let mut block = [0u8; BLOCK_SIZE];
-                self.decode(read.lba, &read.fingerprint, frame, &mut block)
-                    .map(|()| {
-                        // SAFETY: the op's buffers stay valid until it completes.
-                        unsafe { scatter(&self.ops[read.op as usize], read.lba, &block) }
-                    })
+                let decoded = match self.core.codec.decode(frame, &read.fingerprint, &mut block) {
+                    Ok(()) => Ok(()),
+                    // The cleaner may have moved the frame (and reused its
+                    // place) between lookup and read: look it up again.
+                    Err(_) if self.moved(&read.fingerprint, &read.location) => {
+                        self.read_block(read.lba, &mut block)
+                    }
+                    Err(_) => self.decode(read.lba, &read.fingerprint, frame, &mut block),
+                };
+                decoded.map(|()| {
+                    // SAFETY: the op's buffers stay valid until it completes.
+                    unsafe { scatter(&self.ops[read.op as usize], read.lba, &block) }
+                })
             };
             if let Err(e) = outcome {
                 self.ops[read.op as usize].error.get_or_insert(e);

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use strata_common::fingerprint::Fingerprint;
 use strata_common::frame::FrameCodec;
 use strata_common::ondisk::{round_up_page, BatchBuilder, EntryKind, Superblock, PAGE};
@@ -22,6 +22,8 @@ use crate::engine::buffers::AlignedBuf;
 pub const MAX_UNWRITTEN_SEGMENTS: usize = 4;
 /// Journal bytes allowed to wait for the flusher before writers wait.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Free slots kept for checkpoints and the cleaner: writers wait below it.
+pub const RESERVED_SLOTS: usize = 3;
 
 /// What a segment slot holds.
 pub enum SlotState {
@@ -69,6 +71,11 @@ pub struct State {
     pub stopping: bool,
     /// Why the store stopped accepting writes, after a flash write failed.
     pub failed: Option<Arc<str>>,
+    /// While the cleaner runs: fingerprints writes found already stored
+    /// (they gained a reference the cleaner's mark cannot see).
+    pub touched: Option<FxHashSet<Fingerprint>>,
+    /// The cleaner found nothing to free: writes that need space fail.
+    pub out_of_space: bool,
 }
 
 /// Counters for the status command.
@@ -105,6 +112,8 @@ pub struct Core {
     pub flusher_wake: Condvar,
     /// Wakes writers waiting for segment or journal room.
     pub room: Condvar,
+    /// Wakes the cleaner.
+    pub cleaner_wake: Condvar,
     /// Every map update up to this sequence number is durable.
     pub durable_seq: AtomicU64,
     /// Queue eventfds to signal when `durable_seq` moves.
@@ -144,6 +153,9 @@ impl Core {
             let slot = state.free.pop().ok_or(StoreError::Full {
                 segments: self.superblock.segment_count,
             })?;
+            if super::cleaner::needs_cleaning(state) {
+                self.cleaner_wake.notify_one();
+            }
             let seq = state.next_segment_seq;
             state.next_segment_seq += 1;
             state.slots[slot as usize] = Slot {
@@ -262,6 +274,7 @@ impl Core {
             state.failed.get_or_insert_with(|| reason.into());
         }
         self.room.notify_all();
+        self.cleaner_wake.notify_all();
         self.wake_waiters();
     }
 

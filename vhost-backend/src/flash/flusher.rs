@@ -200,7 +200,7 @@ pub fn write_segments(core: &Core, writer: &mut Writer) -> Result<(), StoreError
 
 /// Flushes every map, writes all frames and nodes to segments and records
 /// the roots in a checkpoint; the journal before it is then free.
-pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<(), StoreError> {
+pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<Vec<VdiskRoot>, StoreError> {
     let core = &*shared.core;
     let mut roots = Vec::new();
     for vdisk in shared.vdisks() {
@@ -230,7 +230,7 @@ pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<(), StoreError
     let body = Checkpoint {
         replay_from_rec: rec_no,
         next_seq,
-        vdisks: roots,
+        vdisks: roots.clone(),
     }
     .encode();
     let len = strata_common::ondisk::record_len(body.len());
@@ -247,5 +247,5 @@ pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<(), StoreError
     writer.records_since_checkpoint = 0;
     core.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(rec_no, next_seq, "checkpoint written");
-    Ok(())
+    Ok(roots)
 }

@@ -23,7 +23,6 @@ pub const CHECKPOINT_RESERVE: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy)]
 struct LiveRecord {
     pos: usize,
-    len: usize,
     rec_no: u64,
 }
 
@@ -94,7 +93,7 @@ impl JournalRing {
     /// Notes that record `rec_no` of `len` bytes was written at `pos`.
     pub fn written(&mut self, pos: usize, len: usize) -> u64 {
         let rec_no = self.next_rec_no;
-        self.live.push_back(LiveRecord { pos, len, rec_no });
+        self.live.push_back(LiveRecord { pos, rec_no });
         self.tail = pos + len;
         if self.tail == self.len {
             self.tail = 0;
@@ -174,7 +173,6 @@ pub fn recovered_ring(len: usize, live: &[&FoundRecord]) -> JournalRing {
     for r in live {
         ring.live.push_back(LiveRecord {
             pos: r.pos,
-            len: r.len,
             rec_no: r.header.rec_no,
         });
     }

@@ -12,6 +12,7 @@
 //! and replays the journal after the checkpoint. docs/ARCHITECTURE.md has
 //! the byte formats and the reasoning.
 
+mod cleaner;
 mod core;
 mod device;
 mod flusher;
@@ -148,7 +149,8 @@ impl Shared {
 /// The host's flash store.
 pub struct FlashStore {
     shared: Arc<Shared>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// The flusher and cleaner threads, joined at shutdown.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl FlashStore {
@@ -196,6 +198,7 @@ impl FlashStore {
             state: Mutex::new(recovery::empty_state(&superblock)),
             flusher_wake: Condvar::new(),
             room: Condvar::new(),
+            cleaner_wake: Condvar::new(),
             durable_seq: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             counters: Default::default(),
@@ -227,12 +230,19 @@ impl FlashStore {
                 .spawn(move || flusher::run(shared))
                 .context("cannot start the flusher thread")?
         };
+        let cleaner = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("cleaner".into())
+                .spawn(move || cleaner::run(shared))
+                .context("cannot start the cleaner thread")?
+        };
         tracing::info!(%flash, vdisks = shared.vdisks().len(), replayed, elapsed_ms = started.elapsed().as_millis() as u64,
             direct = shared.core.device.is_direct(), io_uring = shared.writer.lock().map(|w| w.pages.uses_uring()).unwrap_or(false),
             "flash store open");
         Ok(FlashStore {
             shared,
-            flusher: Mutex::new(Some(flusher)),
+            threads: Mutex::new(vec![cleaner, flusher]),
         })
     }
 
@@ -293,18 +303,18 @@ impl FlashStore {
         self.shared.vdisks()
     }
 
-    /// Stops the flusher after a final checkpoint. Writes after this fail.
+    /// Stops the cleaner, then the flusher after a final checkpoint.
+    /// Writes after this fail.
     pub fn shut_down(&self) {
-        self.shared.core.lock().stopping = true;
-        self.shared.core.flusher_wake.notify_all();
-        let handle = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = handle {
+        let core = &self.shared.core;
+        core.lock().stopping = true;
+        core.cleaner_wake.notify_all();
+        core.room.notify_all();
+        core.flusher_wake.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in threads {
             if handle.join().is_err() {
-                tracing::error!("the flusher thread panicked");
+                tracing::error!("a flash store thread panicked");
             }
         }
     }

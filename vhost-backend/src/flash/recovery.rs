@@ -39,6 +39,8 @@ pub fn empty_state(superblock: &Superblock) -> State {
         checkpoint_wanted: false,
         stopping: false,
         failed: None,
+        touched: None,
+        out_of_space: false,
     }
 }
 

@@ -44,11 +44,6 @@ impl OpenSegment {
         }
     }
 
-    /// Its slot.
-    pub fn slot(&self) -> u32 {
-        self.slot
-    }
-
     /// Whether nothing has been appended.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -104,7 +99,6 @@ impl OpenSegment {
         let used = round_up_page(self.frames_end + summary.len());
         SealedSegment {
             slot: self.slot,
-            seq: self.seq,
             buf: self.buf,
             used,
         }
@@ -115,8 +109,6 @@ impl OpenSegment {
 pub struct SealedSegment {
     /// Its slot.
     pub slot: u32,
-    /// Its sequence number.
-    pub seq: u64,
     buf: AlignedBuf,
     used: usize,
 }

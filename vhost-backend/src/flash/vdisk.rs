@@ -8,7 +8,7 @@ use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
 use strata_common::map::{MapError, NodeStore, VdiskMap};
 use strata_common::ondisk::EntryKind;
 
-use super::core::{Core, MAX_BATCH_BYTES, MAX_UNWRITTEN_SEGMENTS};
+use super::core::{Core, MAX_BATCH_BYTES, MAX_UNWRITTEN_SEGMENTS, RESERVED_SLOTS};
 use super::StoreError;
 
 /// Requests with at least this many blocks fingerprint and encode them on
@@ -141,12 +141,18 @@ impl StoreVdisk {
         // Which blocks the store lacks (each new one once).
         let mut misses: Vec<usize> = Vec::new();
         {
-            let state = core.lock();
+            let mut state = core.lock();
+            let state = &mut *state;
             for (i, fp) in fingerprints.iter().enumerate() {
-                if !fp.is_zero()
-                    && !state.index.contains_key(fp)
-                    && !misses.iter().any(|&m| fingerprints[m] == *fp)
-                {
+                if fp.is_zero() {
+                    continue;
+                }
+                if state.index.contains_key(fp) {
+                    // A new reference: keep it from a cleaner running now.
+                    if let Some(touched) = state.touched.as_mut() {
+                        touched.insert(*fp);
+                    }
+                } else if !misses.iter().any(|&m| fingerprints[m] == *fp) {
                     misses.push(i);
                 }
             }
@@ -233,11 +239,21 @@ impl StoreVdisk {
             if let Some(reason) = &state.failed {
                 return Err(StoreError::Failed(reason.clone()));
             }
-            if state.unwritten.len() < MAX_UNWRITTEN_SEGMENTS && state.batch.len() < MAX_BATCH_BYTES
+            let slots_ok = state.free.len() >= RESERVED_SLOTS
+                || state.open.as_ref().is_some_and(|o| o.fits(64 * 1024));
+            if slots_ok
+                && state.unwritten.len() < MAX_UNWRITTEN_SEGMENTS
+                && state.batch.len() < MAX_BATCH_BYTES
             {
                 return Ok(());
             }
+            if !slots_ok && state.out_of_space {
+                return Err(StoreError::Full {
+                    segments: core.superblock.segment_count,
+                });
+            }
             core.flusher_wake.notify_all();
+            core.cleaner_wake.notify_all();
             state = core.room.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }

@@ -39,6 +39,8 @@ pub const PROBE_LEN: usize = 4096;
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Interval at which startup and exits are polled.
 const POLL: Duration = Duration::from_millis(10);
+/// File name of strata-host's control socket in the test's directory.
+const CONTROL_SOCKET: &str = "control.sock";
 
 /// Which vhost-user-blk implementation the tests drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,7 +300,13 @@ impl Daemon {
         daemon
     }
 
-    fn spawn(target: Target, kind: Kind, vdisks: Vec<Vdisk>, dir: TempDir, args: &[&str]) -> Daemon {
+    fn spawn(
+        target: Target,
+        kind: Kind,
+        vdisks: Vec<Vdisk>,
+        dir: TempDir,
+        args: &[&str],
+    ) -> Daemon {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let log = dir.path().join("daemon.log");
         let child = launch(target, kind, &vdisks, dir.path(), &args, &log);
@@ -337,6 +345,12 @@ impl Daemon {
     /// How strata-host stores the vdisks (meaningless for qsd).
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// strata-host's control socket (`--control-socket`), which exists
+    /// (bound before the vdisk sockets) when it serves strata vdisks.
+    pub fn control_socket(&self) -> PathBuf {
+        self._dir.path().join(CONTROL_SOCKET)
     }
 
     /// Polls until every socket exists, failing early if the daemon exits.
@@ -513,19 +527,28 @@ fn preset_strata_vdisks(vdisks: &[Vdisk], dir: &Path) {
             "preset strata-host exited; log:\n{}",
             log_text()
         );
-        assert!(Instant::now() < deadline, "preset strata-host did not start; log:\n{}", log_text());
+        assert!(
+            Instant::now() < deadline,
+            "preset strata-host did not start; log:\n{}",
+            log_text()
+        );
         std::thread::sleep(POLL);
     }
     for v in &writable {
         super::preset::write_through_daemon(&v.socket, &v.options.preset).unwrap_or_else(|e| {
-            panic!("presetting {}: {e}; log:\n{}", v.options.name, fs::read_to_string(&log).unwrap_or_default())
+            panic!(
+                "presetting {}: {e}; log:\n{}",
+                v.options.name,
+                fs::read_to_string(&log).unwrap_or_default()
+            )
         });
     }
     let pid = libc::pid_t::try_from(child.id()).expect("pid");
     // SAFETY: kill(2) has no memory-safety preconditions; the child is ours
     // and not yet reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = wait_with_deadline(&mut child, STARTUP_TIMEOUT).expect("preset strata-host did not exit");
+    let status =
+        wait_with_deadline(&mut child, STARTUP_TIMEOUT).expect("preset strata-host did not exit");
     assert!(status.success(), "preset strata-host failed: {status}");
 }
 
@@ -538,8 +561,9 @@ fn strata_host_command(vdisks: &[Vdisk], kind: Kind, dir: &Path) -> Command {
             .arg("--flash")
             .arg(dir.join("flash.img"))
             .args(["--flash-size", "4G", "--key-dir"])
-            .arg(dir.join("keys"));
-        // CONTROL-SOCKET-PENDING
+            .arg(dir.join("keys"))
+            .arg("--control-socket")
+            .arg(dir.join(CONTROL_SOCKET));
     }
     for v in vdisks {
         let mut spec = format!(

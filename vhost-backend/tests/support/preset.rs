@@ -25,7 +25,13 @@ pub fn write_through_daemon(socket: &Path, writes: &[(u64, Vec<u8>)]) -> blkio::
         }
     };
     let mut started = blkio.start()?;
-    let len = writes.iter().map(|(_, d)| d.len()).max().unwrap_or(0).next_multiple_of(4096).max(4096);
+    let len = writes
+        .iter()
+        .map(|(_, d)| d.len())
+        .max()
+        .unwrap_or(0)
+        .next_multiple_of(4096)
+        .max(4096);
     let region = blkio.alloc_mem_region(len)?;
     blkio.map_mem_region(&region)?;
     let queue = &mut started.queues[0];

@@ -1,0 +1,275 @@
+//! The segment cleaner: frees segments whose frames are mostly dead.
+//!
+//! A cycle runs when free slots drop below a low-water mark:
+//!
+//! 1. Turn on *touch tracking*: from now on every write that finds a block
+//!    already stored (a dedupe hit) records its fingerprint.
+//! 2. Checkpoint, and mark everything reachable from the checkpoint's roots
+//!    (map nodes and blocks). Recovery needs exactly those roots plus the
+//!    journal after them, whose blocks are new or touched.
+//! 3. Pick victims among segments written before the checkpoint, emptiest
+//!    first, only while their live fraction is at most [`MAX_LIVE_PERCENT`]
+//!    (so cleaning writes at most 1 / (1 - 0.75) = 4 bytes per byte freed).
+//! 4. For each victim, under the store lock: live or touched entries the
+//!    index points at are copied into the open segment; the rest leave the
+//!    index. Guest I/O waits at most for one victim's bookkeeping.
+//! 5. Write the copies durably, then free the victims' slots. A crash
+//!    before that leaves the old copies where they were.
+//!
+//! A read that raced with a move sees a frame fail verification and looks
+//! the block up again (see the `strata` engine).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use strata_common::fingerprint::Fingerprint;
+use strata_common::map::{MapError, Visit, Walk};
+use strata_common::ondisk::{decode_summary, SegmentHeader, PAGE, SEGMENT_HEADER_LEN};
+
+use super::core::{SlotState, State};
+use super::flusher;
+use super::{Shared, StoreError};
+use crate::engine::buffers::AlignedBuf;
+
+/// Start cleaning when fewer than this percentage of slots is free.
+pub const LOW_FREE_PERCENT: usize = 20;
+/// Stop picking victims once this percentage is free.
+const TARGET_FREE_PERCENT: usize = 30;
+/// Never clean a segment more than this percent live.
+pub const MAX_LIVE_PERCENT: u64 = 75;
+
+/// Whether free slots are below the low-water mark.
+pub fn needs_cleaning(state: &State) -> bool {
+    state.free.len() * 100 < state.slots.len() * LOW_FREE_PERCENT
+}
+
+/// What one cycle did.
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    /// Segments freed.
+    pub freed: usize,
+    /// Bytes copied to keep live entries.
+    pub moved_bytes: u64,
+    /// Entries dropped from the index.
+    pub dropped: usize,
+}
+
+/// Runs one cleaning cycle.
+pub fn clean(shared: &Shared) -> Result<CycleReport, StoreError> {
+    let started = Instant::now();
+    let core = &*shared.core;
+    core.lock().touched = Some(FxHashSet::default());
+    let result = clean_tracked(shared);
+    core.lock().touched = None;
+    let report = result?;
+    tracing::info!(
+        freed = report.freed,
+        moved_bytes = report.moved_bytes,
+        dropped = report.dropped,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "segment cleaner cycle"
+    );
+    Ok(report)
+}
+
+fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
+    let core = &*shared.core;
+    let (roots, first_unsafe_seq) = {
+        let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let roots = flusher::checkpoint(shared, &mut writer)?;
+        (roots, core.lock().next_segment_seq)
+    };
+
+    // Mark.
+    let mut live: FxHashSet<Fingerprint> = FxHashSet::default();
+    for root in &roots {
+        let map = shared.open_map(root.block_count, root.root);
+        map.visit(|visit| {
+            Ok::<_, MapError>(match visit {
+                Visit::Node { id: Some(id), .. } if !live.insert(id) => Walk::SkipChildren,
+                Visit::Node { .. } => Walk::Continue,
+                Visit::Block { fingerprint, .. } => {
+                    live.insert(fingerprint);
+                    Walk::Continue
+                }
+            })
+        })
+        .map_err(|source| StoreError::Map {
+            vdisk: root.name.clone(),
+            source,
+        })?;
+    }
+
+    // Choose victims: emptiest first.
+    let victims = {
+        let state = core.lock();
+        let touched = state.touched.as_ref();
+        let mut live_bytes: FxHashMap<u32, u64> = FxHashMap::default();
+        for (fp, location) in &state.index {
+            if live.contains(fp) || touched.is_some_and(|t| t.contains(fp)) {
+                *live_bytes.entry(location.slot).or_default() += u64::from(location.len);
+            }
+        }
+        let size = u64::from(core.superblock.segment_size);
+        let mut candidates: Vec<(u64, u32)> = state
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.state, SlotState::OnFlash) && s.seq < first_unsafe_seq)
+            .map(|(i, _)| {
+                let slot = i as u32;
+                (live_bytes.get(&slot).copied().unwrap_or(0), slot)
+            })
+            .filter(|(bytes, _)| bytes * 100 <= size * MAX_LIVE_PERCENT)
+            .collect();
+        candidates.sort_unstable();
+        let want = (state.slots.len() * TARGET_FREE_PERCENT / 100).saturating_sub(state.free.len());
+        // Each victim's live bytes need room in new segments; stop when the
+        // copies would use more than is free.
+        let mut budget = (state.free.len() as u64).saturating_sub(1) * size;
+        let mut victims = Vec::new();
+        for (bytes, slot) in candidates {
+            if victims.len() >= want.max(1) || bytes > budget {
+                break;
+            }
+            budget -= bytes;
+            victims.push(slot);
+        }
+        victims
+    };
+    if victims.is_empty() {
+        return Ok(CycleReport::default());
+    }
+
+    let mut report = CycleReport::default();
+    for &slot in &victims {
+        let (moved, dropped) = evacuate(shared, slot, &live)?;
+        report.moved_bytes += moved;
+        report.dropped += dropped;
+    }
+    // The copies must be durable before the old places are reused.
+    {
+        let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        core.seal_open(&mut core.lock());
+        flusher::write_segments(core, &mut writer)?;
+    }
+    let mut state = core.lock();
+    for &slot in &victims {
+        state.slots[slot as usize].state = SlotState::Free;
+        state.slots[slot as usize].seq = 0;
+        state.free.push(slot);
+    }
+    // Lowest slots are used first.
+    state.free.sort_unstable_by(|a, b| b.cmp(a));
+    drop(state);
+    core.room.notify_all();
+    report.freed = victims.len();
+    Ok(report)
+}
+
+/// Moves the live entries out of `slot` and drops the dead ones from the
+/// index. Returns the bytes moved and the entries dropped.
+fn evacuate(
+    shared: &Shared,
+    slot: u32,
+    live: &FxHashSet<Fingerprint>,
+) -> Result<(u64, usize), StoreError> {
+    let core = &*shared.core;
+    let io = |source| StoreError::Io {
+        what: "reading a segment to clean",
+        source,
+    };
+    let sb = &core.superblock;
+    let mut image = AlignedBuf::new(sb.segment_size as usize, PAGE);
+    core.device
+        .read_exact_at(&mut image.as_mut_slice()[..PAGE], core.slot_offset(slot))
+        .map_err(io)?;
+    let header = SegmentHeader::decode(
+        &image.as_slice()[..SEGMENT_HEADER_LEN],
+        &sb.store_id,
+        sb.segment_size,
+    )
+    .map_err(|_| StoreError::Internal("a segment to clean lost its header"))?;
+    let used = header.used_len();
+    core.device
+        .read_exact_at(
+            &mut image.as_mut_slice()[PAGE..used],
+            core.slot_offset(slot) + PAGE as u64,
+        )
+        .map_err(io)?;
+    let entries = decode_summary(&image.as_slice()[header.summary_range()], &header)
+        .map_err(|_| StoreError::Internal("a segment to clean has a damaged summary"))?;
+
+    let mut moved = 0u64;
+    let mut dropped = 0usize;
+    let mut state = core.lock();
+    for entry in entries {
+        let here = state
+            .index
+            .get(&entry.fingerprint)
+            .is_some_and(|l| l.slot == slot && l.offset == entry.offset);
+        if !here {
+            continue;
+        }
+        let keep = live.contains(&entry.fingerprint)
+            || state
+                .touched
+                .as_ref()
+                .is_some_and(|t| t.contains(&entry.fingerprint));
+        if keep {
+            let start = entry.offset as usize;
+            let bytes = &image.as_slice()[start..start + entry.len as usize];
+            core.append(&mut state, entry.fingerprint, entry.kind, bytes)?;
+            moved += u64::from(entry.len);
+        } else {
+            state.index.remove(&entry.fingerprint);
+            dropped += 1;
+        }
+    }
+    Ok((moved, dropped))
+}
+
+/// The cleaner thread's body.
+pub fn run(shared: Arc<Shared>) {
+    let core = &*shared.core;
+    loop {
+        {
+            let mut state = core.lock();
+            while !state.stopping && !needs_cleaning(&state) {
+                state = core
+                    .cleaner_wake
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if state.stopping {
+                return;
+            }
+        }
+        if core.failure().is_some() {
+            return;
+        }
+        match clean(&shared) {
+            Ok(report) if report.freed == 0 => {
+                tracing::warn!(
+                    "segment cleaner found nothing to free: the flash store is full of live data"
+                );
+                let mut state = core.lock();
+                state.out_of_space = true;
+                drop(state);
+                core.room.notify_all();
+                // Wait for a change (a vdisk freed data, or shutdown).
+                let state = core.lock();
+                let _unused = core
+                    .cleaner_wake
+                    .wait_timeout(state, std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            Ok(_) => {
+                core.lock().out_of_space = false;
+                core.room.notify_all();
+            }
+            Err(e) => core.fail(format!("segment cleaner: {e}")),
+        }
+    }
+}
