@@ -268,7 +268,8 @@ impl Server {
                 "8G".to_string(),
                 "--key-dir".to_string(),
                 dir.join("keys").display().to_string(),
-                // CONTROL-SOCKET-PENDING
+                "--control-socket".to_string(),
+                dir.join("control.sock").display().to_string(),
             ]);
         }
         for (i, d) in self.disks.iter().enumerate() {

@@ -32,7 +32,6 @@ mod support;
 
 use std::fs;
 use std::mem::MaybeUninit;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

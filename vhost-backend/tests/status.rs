@@ -532,7 +532,8 @@ fn bad_clients_get_an_error_or_a_closed_connection_and_the_daemon_keeps_serving(
     let mut half: Vec<UnixStream> = (0..20)
         .map(|_| {
             let mut s = UnixStream::connect(&control).expect("connect");
-            s.write_all(b"sta").expect("half a command");
+            // A turned-away connection may already be closed.
+            let _ = s.write_all(b"sta");
             s
         })
         .collect();

@@ -344,7 +344,7 @@ impl StrataQueue {
         let first = offset / BLOCK;
         let end = (offset + len).div_ceil(BLOCK);
         let skip = (offset - first * BLOCK) as usize;
-        let partial = skip != 0 || (offset + len) % BLOCK != 0;
+        let partial = skip != 0 || !(offset + len).is_multiple_of(BLOCK);
         let vdisk = self.vdisk.clone();
         let _exclusive = partial.then(|| vdisk.partial_block_write());
         let _shared = (!partial).then(|| vdisk.whole_block_write());
@@ -355,7 +355,7 @@ impl StrataQueue {
                 .map_err(|_| io::Error::other("short bounce buffer"))?;
             self.read_block(first, head)?;
         }
-        if (offset + len) % BLOCK != 0 && (end - 1 > first || skip == 0) {
+        if !(offset + len).is_multiple_of(BLOCK) && (end - 1 > first || skip == 0) {
             let at = data.len() - BLOCK_SIZE;
             let tail: &mut [u8; BLOCK_SIZE] = (&mut data[at..])
                 .try_into()
