@@ -40,6 +40,7 @@ use crate::vdisk::Vdisk;
     version,
     about,
     args_conflicts_with_subcommands = true,
+    args_override_self = true,
     after_help = "\
 VDISK SPEC: name=NAME[,size=8G][,kind=strata|raw][,path=IMAGE][,socket=PATH][,queues=N]\
 [,block-size=512|4096][,read-only][,cache=writeback|writethrough]

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use blkio::{iovec, Blkio, Blkioq, Completion, Errno, ReqFlags};
 
-use support::daemon::{run_to_exit, Daemon, Target, VdiskOptions, STARTUP_TIMEOUT};
+use support::daemon::{run_to_exit, Daemon, Kind, Target, VdiskOptions, STARTUP_TIMEOUT};
 use support::data::{assert_bytes_eq, TestRng};
 
 const KIB: u64 = 1024;
@@ -54,6 +54,11 @@ fn skip_unless_strata(test: &str) -> bool {
     }
     eprintln!("{test}: skipped: strata-host-specific behaviour");
     true
+}
+
+/// How the daemon under test stores its vdisks.
+fn daemon_kind() -> Kind {
+    Kind::from_env()
 }
 
 /// The name of the running test (the harness names each test's thread
@@ -1450,6 +1455,47 @@ fn data_survives_repeated_kill_9_and_restart() {
             model[zero_at as usize..(zero_at + MIB) as usize].fill(0);
         }
         daemon.kill_and_restart();
+        check_after_crash(&daemon, &model, &[]);
+    }
+}
+
+#[test]
+fn the_cleaner_reclaims_overwritten_data_on_a_small_flash() {
+    if skip_unless_strata("the_cleaner_reclaims_overwritten_data_on_a_small_flash")
+        || daemon_kind() != Kind::Strata
+    {
+        return;
+    }
+    // 136 MiB of segments; 8 whole overwrites of a 32 MiB vdisk with unique
+    // data are 256 MiB: without the cleaner the store fills up and writes fail.
+    let size = 32 * MIB;
+    let mut daemon = Daemon::start_with_args(
+        VdiskOptions::new(size).writethrough(),
+        &["--flash-size", "160M"],
+    );
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0xc1ea);
+    for pass in 0..8 {
+        {
+            let mut client = Client::open(&daemon, 1);
+            let q = client.q();
+            for batch in 0..size / (4 * MIB) {
+                let writes: Vec<(u64, Vec<u8>)> = (0..4)
+                    .map(|i| ((batch * 4 + i) * MIB, rng.bytes(MIB as usize)))
+                    .collect();
+                for r in q.batch(&Req::writes(&writes)) {
+                    r.unwrap_or_else(|e| {
+                        panic!("pass {pass}: write failed: {e:?}; log:\n{}", daemon.log())
+                    });
+                }
+                for (offset, data) in &writes {
+                    model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+                }
+            }
+        }
+        if pass % 3 == 2 {
+            daemon.kill_and_restart();
+        }
         check_after_crash(&daemon, &model, &[]);
     }
 }

@@ -185,6 +185,7 @@ pub fn recovered_ring(len: usize, live: &[&FoundRecord]) -> JournalRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_common::ondisk::RECORD_HEADER_LEN;
 
     #[test]
     fn placement_wraps_and_respects_live_records() {
@@ -222,7 +223,7 @@ mod tests {
         ring[8 * PAGE..9 * PAGE].copy_from_slice(other_store.as_slice());
         // A torn copy: the header survives, the body does not.
         ring[10 * PAGE..11 * PAGE].copy_from_slice(first.as_slice());
-        ring[10 * PAGE + 60] ^= 1;
+        ring[10 * PAGE + RECORD_HEADER_LEN + 1] ^= 1;
         let found = scan(&ring, &id);
         let got: Vec<_> = found.iter().map(|r| (r.pos, r.header.rec_no)).collect();
         assert_eq!(got, vec![(PAGE, 5), (4 * PAGE, 6)]);
