@@ -1324,6 +1324,18 @@ fn scattered_writes(rng: &mut TestRng, size: u64, count: usize) -> Vec<(u64, Vec
         .collect()
 }
 
+/// Writes `count` [`scattered_writes`] in one batch, each acknowledged,
+/// and applies them to `model`.
+fn write_scattered(q: &mut Queue, rng: &mut TestRng, model: &mut [u8], count: usize) {
+    let writes = scattered_writes(rng, model.len() as u64, count);
+    for (i, r) in q.batch(&Req::writes(&writes)).into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("write {i} of {count} at {}: {e:?}", writes[i].0));
+    }
+    for (offset, data) in &writes {
+        model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+    }
+}
+
 /// Checks the whole disk after a crash: every sector equals `durable`,
 /// except sectors that a write in `maybe` touched, which may instead hold
 /// that write's bytes (it was not yet promised to be durable).
@@ -1365,14 +1377,8 @@ fn kill_9_keeps_every_acknowledged_writethrough_write() {
     let in_flight = {
         let mut client = Client::open(&daemon, 1);
         let q = client.q();
-        for round in 0..12 {
-            let writes = scattered_writes(&mut rng, size, 24);
-            for (i, r) in q.batch(&Req::writes(&writes)).into_iter().enumerate() {
-                r.unwrap_or_else(|e| panic!("round {round} write {i}: {e:?}"));
-            }
-            for (offset, data) in &writes {
-                model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
-            }
+        for _ in 0..12 {
+            write_scattered(q, &mut rng, &mut model, 24);
         }
         // Kill with a batch on the queue: whatever of it was not completed
         // may or may not survive, but nothing acknowledged may be lost.
@@ -1396,14 +1402,8 @@ fn kill_9_keeps_every_write_before_the_last_completed_flush() {
     let unflushed = {
         let mut client = Client::open(&daemon, 1);
         let q = client.q();
-        for round in 0..12 {
-            let writes = scattered_writes(&mut rng, size, 24);
-            for (i, r) in q.batch(&Req::writes(&writes)).into_iter().enumerate() {
-                r.unwrap_or_else(|e| panic!("round {round} write {i}: {e:?}"));
-            }
-            for (offset, data) in &writes {
-                model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
-            }
+        for _ in 0..12 {
+            write_scattered(q, &mut rng, &mut model, 24);
         }
         q.flush().expect("flush");
         // Completed but not flushed: the write cache may lose them.
@@ -1432,17 +1432,11 @@ fn data_survives_repeated_kill_9_and_restart() {
     let mut daemon = Daemon::start(VdiskOptions::new(size).writethrough());
     let mut model = vec![0u8; size as usize];
     let mut rng = TestRng::new(0x4b13);
-    for crash in 0..4 {
+    for _ in 0..4 {
         {
             let mut client = Client::open(&daemon, 1);
             let q = client.q();
-            let writes = scattered_writes(&mut rng, size, 32);
-            for r in q.batch(&Req::writes(&writes)) {
-                r.unwrap_or_else(|e| panic!("crash {crash}: write: {e:?}"));
-            }
-            for (offset, data) in &writes {
-                model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
-            }
+            write_scattered(q, &mut rng, &mut model, 32);
             // Zeroed ranges must stay zero through recovery too.
             let zero_at = rng.below(size / MIB) * MIB;
             q.batch(&[Req::WriteZeroes {
