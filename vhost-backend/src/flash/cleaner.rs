@@ -9,7 +9,7 @@
 //!    journal after them, whose blocks are new or touched.
 //! 3. Pick victims among segments written before the checkpoint, emptiest
 //!    first, only while their live fraction is at most [`MAX_LIVE_PERCENT`]
-//!    (so cleaning writes at most 1 / (1 - 0.75) = 4 bytes per byte freed).
+//!    (so cleaning copies at most 0.75 / 0.25 = 3 bytes per byte it frees).
 //! 4. For each victim, under the store lock: live or touched entries the
 //!    index points at are copied into the open segment; the rest leave the
 //!    index. Guest I/O waits at most for one victim's bookkeeping.

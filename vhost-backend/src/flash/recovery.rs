@@ -181,6 +181,13 @@ fn replay_frame(shared: &Shared, frame: &[u8]) {
 fn scan_segments(shared: &Shared) -> anyhow::Result<()> {
     let core = &*shared.core;
     let sb = &core.superblock;
+    if core.slot_offset(sb.segment_count) > core.device.len() {
+        bail!(
+            "flash is {} bytes, smaller than its superblock's layout ({} bytes)",
+            core.device.len(),
+            core.slot_offset(sb.segment_count)
+        );
+    }
     let mut state = core.lock();
     let mut header_page = AlignedBuf::new(PAGE, PAGE);
     let mut valid = 0u32;
@@ -243,8 +250,5 @@ fn scan_segments(shared: &Shared) -> anyhow::Result<()> {
         tracing::debug!("no segments on flash yet");
     }
     drop(state);
-    if u64::from(sb.segment_count) * u64::from(sb.segment_size) > core.device.len() {
-        bail!("flash is smaller than its superblock says");
-    }
     Ok(())
 }

@@ -510,15 +510,8 @@ fn preset_strata_vdisks(vdisks: &[Vdisk], dir: &Path) {
             has_image: false,
         })
         .collect();
-    let mut command = strata_host_command(&writable, Kind::Strata, dir);
     let log = dir.join("preset.log");
-    let log_file = File::create(&log).expect("creating the preset log");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("cloning the log handle"))
-        .stderr(log_file)
-        .spawn()
-        .expect("spawning strata-host for presets");
+    let mut child = launch(Target::StrataHost, Kind::Strata, &writable, dir, &[], &log);
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while !writable.iter().all(|v| v.socket.exists()) {
         let log_text = || fs::read_to_string(&log).unwrap_or_default();
