@@ -20,8 +20,8 @@ pub const BLOCK_SIZE: usize = 4096;
 pub const FINGERPRINT_LEN: usize = 32;
 
 /// The keyed BLAKE3 hash of a block's plaintext, or [`Fingerprint::ZERO`] for
-/// the all-zero block.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// the all-zero block (also its `Default`).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint([u8; FINGERPRINT_LEN]);
 
 impl Fingerprint {

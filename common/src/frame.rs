@@ -55,9 +55,9 @@
 use std::cell::RefCell;
 use std::fmt;
 
-use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::siv::{self, SivCipher, NONCE_LEN};
 
 pub use crate::fingerprint::{Fingerprint, BLOCK_SIZE};
 
@@ -70,7 +70,7 @@ pub const FLAG_COMPRESSED: u8 = 0x01;
 /// Length of the header, which is also the cipher's associated data.
 pub const HEADER_LEN: usize = 48;
 /// Length of the GCM-SIV tag at the end of the payload.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = siv::TAG_LEN;
 /// Length of the trailing xxh3-64 checksum.
 pub const CHECKSUM_LEN: usize = 8;
 /// Bytes a frame adds around its body: header, tag and checksum.
@@ -79,9 +79,6 @@ pub const FRAME_OVERHEAD: usize = HEADER_LEN + TAG_LEN + CHECKSUM_LEN;
 pub const MAX_FRAME_LEN: usize = FRAME_OVERHEAD + BLOCK_SIZE;
 /// Length of the shortest valid frame (a one-byte body).
 pub const MIN_FRAME_LEN: usize = FRAME_OVERHEAD + 1;
-
-/// Length of the nonce, taken from the start of the fingerprint.
-const NONCE_LEN: usize = 12;
 
 /// The two secret keys a codec needs. `Debug` prints neither.
 #[derive(Clone)]
@@ -332,7 +329,7 @@ thread_local! {
 /// Encodes blocks into frames and decodes them back, under one pair of keys.
 /// Shareable between threads (`&self` everywhere).
 pub struct FrameCodec {
-    cipher: Aes256GcmSiv,
+    cipher: SivCipher,
     dedupe_key: [u8; 32],
 }
 
@@ -346,7 +343,7 @@ impl FrameCodec {
     /// A codec using `keys`.
     pub fn new(keys: &FrameKeys) -> FrameCodec {
         FrameCodec {
-            cipher: Aes256GcmSiv::new(&keys.data_key.into()),
+            cipher: SivCipher::new(&keys.data_key),
             dedupe_key: keys.dedupe_key,
         }
     }
@@ -421,7 +418,7 @@ impl FrameCodec {
         head.copy_from_slice(&header.to_bytes());
         let tag = self
             .cipher
-            .encrypt_in_place_detached(&nonce(fingerprint), head, body)
+            .seal(&nonce(fingerprint), head, body)
             .map_err(|_| FrameError::Encrypt)?;
         out.extend_from_slice(&tag);
         let sum = xxh3_64(&out[start..]);
@@ -461,18 +458,16 @@ impl FrameCodec {
         }
         let (head, rest) = frame.split_at(HEADER_LEN);
         let (body, rest) = rest.split_at(header.payload_len - TAG_LEN);
-        let tag: [u8; TAG_LEN] = rest
+        let tag: &[u8; TAG_LEN] = rest
             .get(..TAG_LEN)
             .and_then(|t| t.try_into().ok())
             .ok_or(FrameError::Truncated { len: frame.len() })?;
-        let tag = Tag::from(tag);
         let nonce = nonce(expected);
         if header.compressed {
             let mut scratch = [0u8; BLOCK_SIZE];
             let buf = &mut scratch[..body.len()];
-            buf.copy_from_slice(body);
             self.cipher
-                .decrypt_in_place_detached(&nonce, head, buf, &tag)
+                .open(&nonce, head, body, tag, buf)
                 .map_err(|_| FrameError::Decrypt)?;
             let len = snap::raw::decompress_len(buf).map_err(FrameError::Decompress)?;
             if len != BLOCK_SIZE {
@@ -485,9 +480,8 @@ impl FrameCodec {
                 return Err(FrameError::DecompressedLen { len });
             }
         } else {
-            out.copy_from_slice(body);
             self.cipher
-                .decrypt_in_place_detached(&nonce, head, out, &tag)
+                .open(&nonce, head, body, tag, out)
                 .map_err(|_| FrameError::Decrypt)?;
         }
         let computed = self.fingerprint(out);
@@ -515,11 +509,11 @@ fn compress(block: &[u8; BLOCK_SIZE], dst: &mut [u8]) -> Result<usize, snap::Err
         .unwrap_or_else(|| snap::raw::Encoder::new().compress(block, dst))
 }
 
-/// The nonce of a block: the first 12 bytes of its fingerprint.
-fn nonce(fp: &Fingerprint) -> Nonce {
+/// The nonce of a block: the first [`NONCE_LEN`] bytes of its fingerprint.
+fn nonce(fp: &Fingerprint) -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
     n.copy_from_slice(&fp.as_bytes()[..NONCE_LEN]);
-    Nonce::from(n)
+    n
 }
 
 #[cfg(test)]

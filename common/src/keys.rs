@@ -79,11 +79,10 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use zeroize::Zeroizing;
 
 use crate::frame::FrameKeys;
+use crate::siv::{SivCipher, SivError, NONCE_LEN, TAG_LEN};
 
 /// The environment variable that may hold the master key, as 64 hex digits.
 pub const MASTER_KEY_ENV: &str = "STRATA_MASTER_KEY";
@@ -106,8 +105,6 @@ const CHECK_OFF: usize = 8;
 const CHECK_LEN: usize = 16;
 /// Bytes `[0, AAD_PREFIX_LEN)` begin the associated data of both wraps.
 const AAD_PREFIX_LEN: usize = CHECK_OFF + CHECK_LEN;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 /// One wrapped key: nonce, ciphertext, tag.
 const WRAPPED_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 const DATA_OFF: usize = AAD_PREFIX_LEN;
@@ -388,9 +385,9 @@ impl MasterKey {
         Ok(Self { key })
     }
 
-    fn wrap_cipher(&self) -> Aes256GcmSiv {
+    fn wrap_cipher(&self) -> SivCipher {
         let kek = Zeroizing::new(blake3::derive_key(WRAP_CONTEXT, &self.key[..]));
-        Aes256GcmSiv::new((&*kek).into())
+        SivCipher::new(&kek)
     }
 
     fn check_value(&self) -> [u8; CHECK_LEN] {
@@ -593,25 +590,24 @@ fn encode_key_file(
     out[CHECK_OFF..AAD_PREFIX_LEN].copy_from_slice(&master.check_value());
     let cipher = master.wrap_cipher();
     let (prefix, rest) = out.split_at_mut(AAD_PREFIX_LEN);
+    let (data_nonce, dedupe_nonce) = nonces.split_at(NONCE_LEN);
     let parts = [
-        (KIND_DATA, data_key, &nonces[..NONCE_LEN]),
-        (KIND_DEDUPE, dedupe_key, &nonces[NONCE_LEN..]),
+        (KIND_DATA, data_key, data_nonce),
+        (KIND_DEDUPE, dedupe_key, dedupe_nonce),
     ];
+    let failed = || KeyError::Corrupt {
+        path: path.to_path_buf(),
+        what: "key wrapping failed",
+    };
     for (i, (kind, key, nonce)) in parts.into_iter().enumerate() {
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| failed())?;
         let slot = &mut rest[i * WRAPPED_LEN..(i + 1) * WRAPPED_LEN];
         slot[..NONCE_LEN].copy_from_slice(nonce);
         let body = &mut slot[NONCE_LEN..NONCE_LEN + KEY_LEN];
         body.copy_from_slice(key);
         let tag = cipher
-            .encrypt_in_place_detached(
-                Nonce::from_slice(nonce),
-                &aad(prefix, kind, datastore),
-                body,
-            )
-            .map_err(|_| KeyError::Corrupt {
-                path: path.to_path_buf(),
-                what: "key wrapping failed",
-            })?;
+            .seal(nonce, &aad(prefix, kind, datastore), body)
+            .map_err(|_| failed())?;
         slot[NONCE_LEN + KEY_LEN..].copy_from_slice(&tag);
     }
     let sum = checksum(&out[..SUM_OFF]);
@@ -663,13 +659,21 @@ fn decode_key_file(
         (DEDUPE_OFF, KIND_DEDUPE, &mut *dedupe_key),
     ] {
         let slot = &bytes[off..off + WRAPPED_LEN];
-        out.copy_from_slice(&slot[NONCE_LEN..NONCE_LEN + KEY_LEN]);
-        let unwrapped = cipher.decrypt_in_place_detached(
-            Nonce::from_slice(&slot[..NONCE_LEN]),
-            &aad(prefix, kind, datastore),
-            &mut out[..],
-            Tag::from_slice(&slot[NONCE_LEN + KEY_LEN..]),
-        );
+        let (nonce, rest) = slot.split_at(NONCE_LEN);
+        let (wrapped, tag) = rest.split_at(KEY_LEN);
+        let unwrapped = match (
+            <&[u8; NONCE_LEN]>::try_from(nonce),
+            <&[u8; TAG_LEN]>::try_from(tag),
+        ) {
+            (Ok(nonce), Ok(tag)) => cipher.open(
+                nonce,
+                &aad(prefix, kind, datastore),
+                wrapped,
+                tag,
+                &mut out[..],
+            ),
+            _ => Err(SivError),
+        };
         if unwrapped.is_err() {
             return Err(KeyError::WrongDatastore {
                 path: path.to_path_buf(),

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
@@ -27,6 +28,9 @@ use strata_common::ondisk::PAGE;
 const CHUNK_BLOCKS: usize = 256;
 /// Flash reads one ring holds.
 const RING_ENTRIES: u32 = 256;
+/// Bytes of a flash read buffer: enough for the largest frame starting
+/// anywhere in a page.
+const READ_BUF_LEN: usize = 3 * PAGE;
 const BLOCK: u64 = BLOCK_SIZE as u64;
 
 /// A `strata` vdisk, shared by its queues.
@@ -83,17 +87,21 @@ impl Engine for StrataEngine {
         core.add_waiter(&eventfd);
         Ok(Box::new(StrataQueue {
             flash_fd: core.device.file().as_raw_fd(),
-            core,
-            vdisk: self.vdisk.clone(),
+            reader: BlockReader {
+                core,
+                vdisk: self.vdisk.clone(),
+            },
             eventfd,
             ring,
             ops: Vec::new(),
             free_ops: Vec::new(),
             reads: Vec::new(),
             free_reads: Vec::new(),
+            spare_reads: Vec::new(),
+            in_kernel: 0,
+            reaped: Vec::new(),
             ready: VecDeque::new(),
             durable_waits: VecDeque::new(),
-            in_flight: 0,
             fingerprints: Vec::new(),
         }))
     }
@@ -112,39 +120,37 @@ struct ReadOp {
     offset: u64,
 }
 
-// SAFETY: the guest buffers are kept valid by the submitter until the
-// operation completes, and only the owning queue thread touches them.
-unsafe impl Send for ReadOp {}
-
-/// One flash read in flight.
+/// One flash read of one block: issued through the queue's ring, verified
+/// and copied to the guest when it completes, then kept for reuse (its
+/// buffer is never zeroed again).
+#[derive(Default)]
 struct FlashRead {
+    /// Index of the request in the queue's `ops`.
     op: u32,
     lba: u64,
     fingerprint: Fingerprint,
     location: Location,
-    pages: AlignedBuf,
+    /// Aligned buffer the kernel reads into; `len` bytes of it are asked for.
+    buf: AlignedBuf,
+    len: usize,
+    /// Where the frame starts in `buf`.
     skip: usize,
+    /// The guest byte ranges that receive `range` of the block, in order.
+    pieces: Vec<IoBuf>,
+    range: Range<usize>,
+    /// The kernel's result: bytes read, or a negated errno.
+    result: i32,
+    /// Why the read failed, once verified.
+    error: Option<io::Error>,
 }
 
-/// One queue of a `strata` vdisk.
-pub struct StrataQueue {
+/// What reading and verifying a block needs: the store and the vdisk.
+struct BlockReader {
     core: Arc<Core>,
     vdisk: Arc<StoreVdisk>,
-    flash_fd: RawFd,
-    eventfd: Arc<EventFd>,
-    ring: Option<IoUring>,
-    ops: Vec<ReadOp>,
-    free_ops: Vec<u32>,
-    reads: Vec<Option<FlashRead>>,
-    free_reads: Vec<u32>,
-    ready: VecDeque<(u32, io::Result<()>)>,
-    /// Writes and flushes waiting for the journal: (sequence, tag), in order.
-    durable_waits: VecDeque<(u64, u32)>,
-    in_flight: usize,
-    fingerprints: Vec<Fingerprint>,
 }
 
-impl StrataQueue {
+impl BlockReader {
     fn io_error(&self, what: &str, e: impl std::fmt::Display) -> io::Error {
         tracing::error!(vdisk = %self.vdisk.name, error = %e, "{what}");
         io::Error::other(format!("vdisk {}: {what}: {e}", self.vdisk.name))
@@ -208,6 +214,66 @@ impl StrataQueue {
         )
     }
 
+    /// Verifies the frame a completed flash read brought in and copies the
+    /// block to the guest; on failure records why in `read.error`.
+    fn verify(&self, read: &mut FlashRead) {
+        let mut block = [0u8; BLOCK_SIZE];
+        let frame_end = read.skip + read.location.len as usize;
+        let outcome = if read.result < 0 {
+            Err(self.io_error(
+                "flash read failed",
+                io::Error::from_raw_os_error(-read.result),
+            ))
+        } else if (read.result as usize) < frame_end {
+            Err(self.io_error(
+                "flash read came back short",
+                format!("{} bytes", read.result),
+            ))
+        } else {
+            let frame = &read.buf.as_slice()[read.skip..frame_end];
+            match self.core.codec.decode(frame, &read.fingerprint, &mut block) {
+                Ok(()) => Ok(()),
+                // The cleaner may have moved the frame (and reused its
+                // place) between lookup and read: look it up again.
+                Err(_) if self.moved(&read.fingerprint, &read.location) => {
+                    self.read_block(read.lba, &mut block)
+                }
+                Err(_) => self.decode(read.lba, &read.fingerprint, frame, &mut block),
+            }
+        };
+        match outcome {
+            // SAFETY: the request's guest buffers stay valid and unshared
+            // until it completes, which waits for this read.
+            Ok(()) => unsafe { copy_to_guest(&read.pieces, &block[read.range.clone()]) },
+            Err(e) => read.error = Some(e),
+        }
+    }
+}
+
+/// One queue of a `strata` vdisk.
+pub struct StrataQueue {
+    reader: BlockReader,
+    flash_fd: RawFd,
+    eventfd: Arc<EventFd>,
+    ring: Option<IoUring>,
+    ops: Vec<ReadOp>,
+    free_ops: Vec<u32>,
+    /// Reads in the kernel, by ring `user_data`.
+    reads: Vec<Option<FlashRead>>,
+    free_reads: Vec<u32>,
+    /// Finished reads, kept for their buffers.
+    spare_reads: Vec<FlashRead>,
+    /// Reads submitted to the ring and not yet reaped.
+    in_kernel: usize,
+    /// Scratch list of reaped reads, kept for its allocation.
+    reaped: Vec<FlashRead>,
+    ready: VecDeque<(u32, io::Result<()>)>,
+    /// Writes and flushes waiting for the journal: (sequence, tag), in order.
+    durable_waits: VecDeque<(u64, u32)>,
+    fingerprints: Vec<Fingerprint>,
+}
+
+impl StrataQueue {
     /// # Safety
     /// As [`EngineQueue::submit`].
     unsafe fn submit_read(&mut self, offset: u64, bufs: &[IoBuf], tag: u32) -> io::Result<()> {
@@ -220,30 +286,36 @@ impl StrataQueue {
         let count = (offset + len).div_ceil(BLOCK) - first;
         let mut fps = std::mem::take(&mut self.fingerprints);
         fps.clear();
-        if let Err(e) = self.vdisk.fingerprints(first, count, &mut fps) {
+        if let Err(e) = self.reader.vdisk.fingerprints(first, count, &mut fps) {
             self.fingerprints = fps;
-            return Err(self.io_error("map lookup failed", e));
+            return Err(self.reader.io_error("map lookup failed", e));
         }
         let op = self.new_op(tag, offset, bufs);
         let mut block = [0u8; BLOCK_SIZE];
+        let mut pieces = Vec::new();
         for (lba, fp) in (first..).zip(fps.iter()) {
             let issued = if fp.is_zero() {
                 block.fill(0);
                 Ok(true)
             } else {
-                match self.core.locate(fp) {
-                    None => Err(self.missing(lba, fp)),
-                    Some(Located::Ram(frame)) => {
-                        self.decode(lba, fp, &frame, &mut block).map(|()| true)
-                    }
+                match self.reader.core.locate(fp) {
+                    None => Err(self.reader.missing(lba, fp)),
+                    Some(Located::Ram(frame)) => self
+                        .reader
+                        .decode(lba, fp, &frame, &mut block)
+                        .map(|()| true),
                     Some(Located::Flash(location)) => {
                         self.read_from_flash(op, lba, *fp, location).map(|()| false)
                     }
                 }
             };
             match issued {
-                // SAFETY: the submitter's promise covers the op's buffers.
-                Ok(true) => unsafe { scatter(&self.ops[op as usize], lba, &block) },
+                Ok(true) => {
+                    pieces.clear();
+                    let range = block_pieces(bufs, offset, lba, &mut pieces);
+                    // SAFETY: the submitter's promise covers the op's buffers.
+                    unsafe { copy_to_guest(&pieces, &block[range]) }
+                }
                 Ok(false) => {}
                 Err(e) => {
                     // Reads already issued still land in the guest buffers:
@@ -284,6 +356,8 @@ impl StrataQueue {
         }
     }
 
+    /// Issues the flash read of block `lba` of read `op`: through the ring,
+    /// or blocking (verified and copied here) without one.
     fn read_from_flash(
         &mut self,
         op: u32,
@@ -291,26 +365,43 @@ impl StrataQueue {
         fingerprint: Fingerprint,
         location: Location,
     ) -> io::Result<()> {
-        let (offset, len, skip) = self.core.covering_pages(&location);
+        let (offset, len, skip) = self.reader.core.covering_range(&location);
+        let mut read = self.spare_reads.pop().unwrap_or_default();
+        read.op = op;
+        read.lba = lba;
+        read.fingerprint = fingerprint;
+        read.location = location;
+        read.len = len;
+        read.skip = skip;
+        read.error = None;
+        read.pieces.clear();
+        let state = &self.ops[op as usize];
+        read.range = block_pieces(&state.bufs, state.offset, lba, &mut read.pieces);
+        if read.buf.as_slice().len() < len {
+            read.buf = AlignedBuf::new(len.max(READ_BUF_LEN), PAGE);
+        }
         let Some(ring) = self.ring.as_mut() else {
-            let frame = self
+            read.result = match self
+                .reader
                 .core
-                .read_flash(&location)
-                .map_err(|e| self.io_error("flash read failed", e))?;
-            let mut block = [0u8; BLOCK_SIZE];
-            self.decode(lba, &fingerprint, &frame, &mut block)?;
-            // SAFETY: the submitter's promise covers the op's buffers.
-            unsafe { scatter(&self.ops[op as usize], lba, &block) };
-            return Ok(());
+                .device
+                .read_exact_at(&mut read.buf.as_mut_slice()[..len], offset)
+            {
+                Ok(()) => len as i32,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            self.reader.verify(&mut read);
+            let failed = read.error.take();
+            self.spare_reads.push(read);
+            return failed.map_or(Ok(()), Err);
         };
         let index = self.free_reads.pop().unwrap_or_else(|| {
             self.reads.push(None);
             (self.reads.len() - 1) as u32
         });
-        let mut pages = AlignedBuf::new(len, PAGE);
         let entry = opcode::Read::new(
             types::Fd(self.flash_fd),
-            pages.as_mut_slice().as_mut_ptr(),
+            read.buf.as_mut_slice().as_mut_ptr(),
             len as u32,
         )
         .offset(offset)
@@ -318,22 +409,15 @@ impl StrataQueue {
         .user_data(u64::from(index));
         loop {
             // SAFETY: the buffer lives in `self.reads[index]` until the
-            // completion is reaped (Drop drains the ring first).
+            // completion is reaped (Drop waits for every read first).
             if unsafe { ring.submission().push(&entry) }.is_ok() {
                 break;
             }
             ring.submit()?;
         }
-        self.reads[index as usize] = Some(FlashRead {
-            op,
-            lba,
-            fingerprint,
-            location,
-            pages,
-            skip,
-        });
+        self.reads[index as usize] = Some(read);
         self.ops[op as usize].remaining += 1;
-        self.in_flight += 1;
+        self.in_kernel += 1;
         Ok(())
     }
 
@@ -345,7 +429,7 @@ impl StrataQueue {
         let end = (offset + len).div_ceil(BLOCK);
         let skip = (offset - first * BLOCK) as usize;
         let partial = skip != 0 || !(offset + len).is_multiple_of(BLOCK);
-        let vdisk = self.vdisk.clone();
+        let vdisk = self.reader.vdisk.clone();
         let _exclusive = partial.then(|| vdisk.partial_block_write());
         let _shared = (!partial).then(|| vdisk.whole_block_write());
         let mut data = vec![0u8; ((end - first) * BLOCK) as usize];
@@ -353,21 +437,21 @@ impl StrataQueue {
             let head: &mut [u8; BLOCK_SIZE] = (&mut data[..BLOCK_SIZE])
                 .try_into()
                 .map_err(|_| io::Error::other("short bounce buffer"))?;
-            self.read_block(first, head)?;
+            self.reader.read_block(first, head)?;
         }
         if !(offset + len).is_multiple_of(BLOCK) && (end - 1 > first || skip == 0) {
             let at = data.len() - BLOCK_SIZE;
             let tail: &mut [u8; BLOCK_SIZE] = (&mut data[at..])
                 .try_into()
                 .map_err(|_| io::Error::other("short bounce buffer"))?;
-            self.read_block(end - 1, tail)?;
+            self.reader.read_block(end - 1, tail)?;
         }
         // SAFETY: the submitter guarantees the buffers are readable.
         unsafe { gather(bufs, &mut data[skip..skip + len as usize]) };
         let mut seq = 0;
         for (i, chunk) in data.chunks(CHUNK_BLOCKS * BLOCK_SIZE).enumerate() {
             let lba = first + (i * CHUNK_BLOCKS) as u64;
-            seq = self.vdisk.write_blocks(lba, chunk)?;
+            seq = self.reader.vdisk.write_blocks(lba, chunk)?;
         }
         Ok(seq)
     }
@@ -396,7 +480,7 @@ impl StrataQueue {
         }
         zero_part(self, offset, first_whole * BLOCK)?;
         zero_part(self, end_whole * BLOCK, offset + len)?;
-        let vdisk = self.vdisk.clone();
+        let vdisk = self.reader.vdisk.clone();
         let _shared = vdisk.whole_block_write();
         seq = vdisk.unmap(first_whole, end_whole - first_whole)?;
         Ok(seq)
@@ -404,54 +488,64 @@ impl StrataQueue {
 
     /// Completes `tag` once `seq` is durable.
     fn complete_when_durable(&mut self, seq: u64, tag: u32) {
-        if seq <= self.core.durable_seq() {
+        if seq <= self.reader.core.durable_seq() {
             self.ready.push_back((tag, Ok(())));
         } else {
             self.durable_waits.push_back((seq, tag));
         }
     }
 
+    /// Takes the ring's completions, verifies them and copies their blocks
+    /// to the guest.
     fn reap_flash(&mut self) {
         let Some(ring) = self.ring.as_mut() else {
             return;
         };
-        let done: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
-        for (index, res) in done {
-            let Some(read) = self.reads.get_mut(index as usize).and_then(Option::take) else {
+        let mut done = std::mem::take(&mut self.reaped);
+        for cqe in ring.completion() {
+            let index = cqe.user_data() as usize;
+            let Some(mut read) = self.reads.get_mut(index).and_then(Option::take) else {
                 tracing::error!(index, "completion for an unknown flash read");
                 continue;
             };
+            read.result = cqe.result();
             self.free_reads.push(index as u32);
-            self.in_flight -= 1;
-            let outcome = if res < 0 {
-                Err(self.io_error("flash read failed", io::Error::from_raw_os_error(-res)))
-            } else if (res as usize) < read.skip + read.location.len as usize {
-                Err(self.io_error("flash read came back short", format!("{res} bytes")))
-            } else {
-                let frame =
-                    &read.pages.as_slice()[read.skip..read.skip + read.location.len as usize];
-                let mut block = [0u8; BLOCK_SIZE];
-                let decoded = match self.core.codec.decode(frame, &read.fingerprint, &mut block) {
-                    Ok(()) => Ok(()),
-                    // The cleaner may have moved the frame (and reused its
-                    // place) between lookup and read: look it up again.
-                    Err(_) if self.moved(&read.fingerprint, &read.location) => {
-                        self.read_block(read.lba, &mut block)
-                    }
-                    Err(_) => self.decode(read.lba, &read.fingerprint, frame, &mut block),
-                };
-                decoded.map(|()| {
-                    // SAFETY: the op's buffers stay valid until it completes.
-                    unsafe { scatter(&self.ops[read.op as usize], read.lba, &block) }
-                })
-            };
-            if let Err(e) = outcome {
-                self.ops[read.op as usize].error.get_or_insert(e);
+            done.push(read);
+        }
+        self.in_kernel -= done.len();
+        for mut read in done.drain(..) {
+            self.reader.verify(&mut read);
+            self.complete_read(read);
+        }
+        self.reaped = done;
+    }
+
+    /// Counts a verified read against its request and keeps it for reuse.
+    fn complete_read(&mut self, mut read: FlashRead) {
+        if let Some(e) = read.error.take() {
+            self.ops[read.op as usize].error.get_or_insert(e);
+        }
+        self.finish_if_done(read.op);
+        read.pieces.clear();
+        self.spare_reads.push(read);
+    }
+
+    /// Waits until no read is in the kernel, completing them as usual.
+    fn settle_reads(&mut self) {
+        loop {
+            self.reap_flash();
+            if self.in_kernel == 0 {
+                return;
             }
-            self.finish_if_done(read.op);
+            let Some(ring) = self.ring.as_mut() else {
+                return;
+            };
+            if let Err(e) = ring.submit_and_wait(1) {
+                // The kernel still owns the buffers: all that is safe is to
+                // wait again.
+                tracing::warn!(error = %e, "waiting for flash reads");
+                self.wait_event();
+            }
         }
     }
 
@@ -459,7 +553,7 @@ impl StrataQueue {
         if self.durable_waits.is_empty() {
             return;
         }
-        if let Some(reason) = self.core.failure() {
+        if let Some(reason) = self.reader.core.failure() {
             for (_, tag) in self.durable_waits.drain(..) {
                 self.ready.push_back((
                     tag,
@@ -468,7 +562,7 @@ impl StrataQueue {
             }
             return;
         }
-        let durable = self.core.durable_seq();
+        let durable = self.reader.core.durable_seq();
         while self
             .durable_waits
             .front()
@@ -523,7 +617,7 @@ impl EngineQueue for StrataQueue {
                 Ok(())
             }
             BlockOp::Flush => {
-                let seq = self.vdisk.last_seq();
+                let seq = self.reader.vdisk.last_seq();
                 self.complete_when_durable(seq, tag);
                 Ok(())
             }
@@ -553,69 +647,67 @@ impl EngineQueue for StrataQueue {
     }
 
     fn drain(&mut self, done: Completion<'_>) {
+        self.settle_reads();
         loop {
             self.reap(done);
-            if self.in_flight == 0 && self.durable_waits.is_empty() {
+            if self.durable_waits.is_empty() {
                 return;
             }
-            if self.in_flight > 0 {
-                if let Some(ring) = self.ring.as_mut() {
-                    if let Err(e) = ring.submit_and_wait(1) {
-                        tracing::warn!(error = %e, "waiting for flash reads");
-                    }
-                }
-            } else {
-                self.wait_event();
-            }
+            self.wait_event();
         }
     }
 }
 
 impl Drop for StrataQueue {
     fn drop(&mut self) {
-        // The kernel may still write into read buffers: wait for them.
-        while self.in_flight > 0 {
-            let Some(ring) = self.ring.as_mut() else {
-                break;
-            };
-            if ring.submit_and_wait(1).is_err() {
-                break;
-            }
-            let n = ring.completion().count();
-            self.in_flight = self.in_flight.saturating_sub(n);
-        }
+        // The kernel may still write into read buffers: wait for it.
+        self.settle_reads();
     }
 }
 
-/// Copies the part of `block` (vdisk block `lba`) that read `op` covers into
-/// its guest buffers.
-///
-/// # Safety
-/// The op's buffers must be valid for writes and unshared.
-unsafe fn scatter(op: &ReadOp, lba: u64, block: &[u8; BLOCK_SIZE]) {
-    let total = total_len(&op.bufs) as u64;
+/// Finds the guest byte ranges that receive block `lba` of a read of `bufs`
+/// at vdisk byte `offset`: appends them to `pieces`, in order, and returns
+/// the part of the block they take.
+fn block_pieces(bufs: &[IoBuf], offset: u64, lba: u64, pieces: &mut Vec<IoBuf>) -> Range<usize> {
+    let total = total_len(bufs) as u64;
     let block_start = lba * BLOCK;
-    let start = op.offset.max(block_start);
-    let end = (op.offset + total).min(block_start + BLOCK);
+    let start = offset.max(block_start);
+    let end = (offset + total).min(block_start + BLOCK);
     if start >= end {
-        return;
+        return 0..0;
     }
-    let mut src = &block[(start - block_start) as usize..(end - block_start) as usize];
-    let mut at = (start - op.offset) as usize;
-    for buf in &op.bufs {
-        if src.is_empty() {
+    let mut want = (end - start) as usize;
+    let mut at = (start - offset) as usize;
+    for buf in bufs {
+        if want == 0 {
             break;
         }
         if at >= buf.len {
             at -= buf.len;
             continue;
         }
-        let n = (buf.len - at).min(src.len());
-        // SAFETY: the caller guarantees `buf` is writable for `buf.len`
-        // bytes, and `at + n <= buf.len`.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.ptr.add(at), n) };
-        src = &src[n..];
+        let n = (buf.len - at).min(want);
+        pieces.push(IoBuf {
+            ptr: buf.ptr.wrapping_add(at),
+            len: n,
+        });
+        want -= n;
         at = 0;
+    }
+    (start - block_start) as usize..(end - block_start) as usize
+}
+
+/// Copies `src` into the guest `pieces`, in order.
+///
+/// # Safety
+/// Every piece must be valid for writes of its length and unshared.
+unsafe fn copy_to_guest(pieces: &[IoBuf], mut src: &[u8]) {
+    for piece in pieces {
+        let n = piece.len.min(src.len());
+        // SAFETY: the caller guarantees `piece` is writable for `piece.len`
+        // bytes, and `n <= piece.len`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), piece.ptr, n) };
+        src = &src[n..];
     }
 }
 

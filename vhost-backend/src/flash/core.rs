@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use rustc_hash::{FxHashMap, FxHashSet};
 use strata_common::fingerprint::Fingerprint;
 use strata_common::frame::FrameCodec;
-use strata_common::ondisk::{round_up_page, BatchBuilder, EntryKind, Superblock, PAGE};
+use strata_common::ondisk::{BatchBuilder, EntryKind, Superblock, PAGE};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::FlashDevice;
@@ -211,18 +211,21 @@ impl Core {
         })
     }
 
-    /// The page-aligned flash range covering `location`: its byte offset,
-    /// its length, and where the entry starts inside it.
-    pub fn covering_pages(&self, location: &Location) -> (u64, usize, usize) {
+    /// The smallest flash range covering `location` that a read may ask
+    /// for (aligned to [`FlashDevice::read_align`]): its byte offset, its
+    /// length, and where the entry starts inside it.
+    pub fn covering_range(&self, location: &Location) -> (u64, usize, usize) {
+        let align = self.device.read_align();
         let start = self.slot_offset(location.slot) + u64::from(location.offset);
-        let aligned = start & !(PAGE as u64 - 1);
+        let aligned = start & !(align - 1);
         let skip = (start - aligned) as usize;
-        (aligned, round_up_page(skip + location.len as usize), skip)
+        let len = (skip as u64 + u64::from(location.len)).next_multiple_of(align);
+        (aligned, len as usize, skip)
     }
 
     /// Reads the bytes at a flash `location` (blocking).
     pub fn read_flash(&self, location: &Location) -> io::Result<Vec<u8>> {
-        let (offset, len, skip) = self.covering_pages(location);
+        let (offset, len, skip) = self.covering_range(location);
         let mut pages = AlignedBuf::new(len, PAGE);
         self.device.read_exact_at(pages.as_mut_slice(), offset)?;
         Ok(pages.as_slice()[skip..skip + location.len as usize].to_vec())

@@ -13,6 +13,7 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::engine::raw::{image_size, open_image};
 use crate::engine::IoMode;
+use strata_common::ondisk::PAGE;
 
 /// The flash device (or file) of one store.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub struct FlashDevice {
     path: PathBuf,
     len: u64,
     direct: bool,
+    read_align: u64,
 }
 
 impl FlashDevice {
@@ -45,12 +47,18 @@ impl FlashDevice {
         if len == 0 {
             bail!("flash {} is empty", path.display());
         }
+        let read_align = if direct {
+            direct_io_alignment(&file)
+        } else {
+            SECTOR
+        };
         Ok((
             FlashDevice {
                 file: Arc::new(file),
                 path: path.to_path_buf(),
                 len,
                 direct,
+                read_align,
             },
             created,
         ))
@@ -76,8 +84,15 @@ impl FlashDevice {
         self.direct
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset` (page-aligned buffer,
-    /// offset and length under O_DIRECT).
+    /// The alignment of file offsets and lengths that reads need: the
+    /// device's direct I/O alignment (often 512 bytes), so that reading one
+    /// frame costs as few bytes as the device allows.
+    pub fn read_align(&self) -> u64 {
+        self.read_align
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` (page-aligned buffer;
+    /// offset and length aligned to [`FlashDevice::read_align`]).
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
@@ -86,6 +101,26 @@ impl FlashDevice {
     pub fn sync(&self) -> io::Result<()> {
         rustix::fs::fdatasync(&*self.file).map_err(io::Error::from)
     }
+}
+
+/// The smallest alignment considered: one sector.
+const SECTOR: u64 = 512;
+
+/// The file offset alignment O_DIRECT needs on `file`, as the kernel reports
+/// it (statx `STATX_DIOALIGN`, Linux 6.1 and later); a page where it does not
+/// say. Never below a sector, never above a page.
+fn direct_io_alignment(file: &File) -> u64 {
+    let reported = rustix::fs::statx(
+        file,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::DIOALIGN,
+    )
+    .ok()
+    .filter(|st| st.stx_mask & rustix::fs::StatxFlags::DIOALIGN.bits() != 0)
+    .map(|st| u64::from(st.stx_dio_offset_align))
+    .filter(|&a| a.is_power_of_two());
+    reported.map_or(PAGE as u64, |a| a.clamp(SECTOR, PAGE as u64))
 }
 
 /// Writes whole page runs to the flash: through a private io_uring where the

@@ -13,7 +13,7 @@ use strata_common::ondisk::{
 use crate::engine::buffers::AlignedBuf;
 
 /// Where a frame or map node lives: a slot and a byte range in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Location {
     /// The segment slot.
     pub slot: u32,
