@@ -1,0 +1,494 @@
+//! The host ↔ pool wire protocol, carried inside TLS.
+//!
+//! Every message is one frame: a little-endian `u32` body length, then the
+//! body: a kind byte and the kind's fields (integers little-endian, byte
+//! strings as a `u32` length and the bytes). A body longer than
+//! [`MAX_BODY_LEN`] is refused before it is read. Requests go host → pool;
+//! the pool answers each request with one response (a replay with several
+//! [`Response::Record`]s and a [`Response::ReplayDone`]), in request order,
+//! so a host may pipeline appends.
+//!
+//! | kind | message | fields |
+//! |---:|---|---|
+//! | 1 | `Append` | seq u64, payload bytes |
+//! | 2 | `Replay` | from_seq u64 |
+//! | 3 | `Truncate` | through_seq u64 |
+//! | 4 | `Status` | — |
+//! | 0x81 | `Appended` | seq u64 |
+//! | 0x82 | `Record` | seq u64, payload bytes |
+//! | 0x83 | `ReplayDone` | last_seq u64 |
+//! | 0x84 | `Truncated` | through_seq u64 |
+//! | 0x85 | `Status` | used u64, quota u64, truncated_through u64, last_seq u64 |
+//! | 0x86 | `Error` | code u16, message bytes (UTF-8) |
+//!
+//! Decoding is total: any byte string gives a message or a [`WireError`],
+//! never a panic, and trailing bytes are an error.
+
+/// Longest frame body accepted: a payload of up to 16 MiB plus fields.
+pub const MAX_BODY_LEN: usize = (16 << 20) + 64;
+/// Longest payload an append may carry.
+pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
+/// Longest error message sent.
+pub const MAX_MESSAGE_LEN: usize = 4096;
+
+/// A request from a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Make `payload` durable in the host's NVLOG as record `seq` (greater
+    /// than every earlier one), then answer [`Response::Appended`].
+    Append {
+        /// The record's sequence number.
+        seq: u64,
+        /// Opaque bytes (the host's batch of frames and map updates).
+        payload: Vec<u8>,
+    },
+    /// Send every record with a sequence number at least `from_seq` that is
+    /// not truncated, then [`Response::ReplayDone`].
+    Replay {
+        /// First sequence number wanted.
+        from_seq: u64,
+    },
+    /// The records up to `through_seq` are safe elsewhere: drop them.
+    Truncate {
+        /// Last sequence number to drop.
+        through_seq: u64,
+    },
+    /// Report the host's NVLOG use.
+    Status,
+}
+
+/// Error codes of [`Response::Error`].
+pub mod code {
+    /// The request could not be decoded.
+    pub const BAD_REQUEST: u16 = 1;
+    /// An append's sequence number is not above the last one.
+    pub const STALE_SEQUENCE: u16 = 2;
+    /// An append is larger than the host's whole quota.
+    pub const TOO_LARGE: u16 = 3;
+    /// The pool could not store or read the log.
+    pub const STORAGE: u16 = 4;
+}
+
+/// A response from the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Record `seq` is durable.
+    Appended {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// One record of a replay.
+    Record {
+        /// Its sequence number.
+        seq: u64,
+        /// Its bytes, as appended.
+        payload: Vec<u8>,
+    },
+    /// The end of a replay.
+    ReplayDone {
+        /// The last sequence number the log holds (0 if none ever).
+        last_seq: u64,
+    },
+    /// Records up to `through_seq` are dropped.
+    Truncated {
+        /// As asked.
+        through_seq: u64,
+    },
+    /// The host's NVLOG use.
+    Status {
+        /// Bytes of records held.
+        used: u64,
+        /// The host's quota in bytes.
+        quota: u64,
+        /// Records up to here are truncated.
+        truncated_through: u64,
+        /// The last sequence number appended (0 if none ever).
+        last_seq: u64,
+    },
+    /// The request failed.
+    Error {
+        /// One of [`code`].
+        code: u16,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Why bytes are not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The body is empty or ends inside a field.
+    #[error("message truncated: needed {needed} more bytes at offset {at}")]
+    Truncated {
+        /// Where.
+        at: usize,
+        /// How many more bytes.
+        needed: usize,
+    },
+    /// Unknown kind byte.
+    #[error("unknown message kind {0:#04x}")]
+    UnknownKind(u8),
+    /// Bytes after the last field.
+    #[error("{0} bytes after the end of the message")]
+    Trailing(usize),
+    /// A length field above its limit.
+    #[error("{what} of {len} bytes exceeds the limit of {limit}")]
+    TooLong {
+        /// Which field.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An error message that is not UTF-8.
+    #[error("error message is not UTF-8")]
+    NotUtf8,
+}
+
+impl Request {
+    /// The frame (length prefix and body) of this request.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Request::Append { seq, payload } => {
+                w.u8(1);
+                w.u64(*seq);
+                w.bytes(payload);
+            }
+            Request::Replay { from_seq } => {
+                w.u8(2);
+                w.u64(*from_seq);
+            }
+            Request::Truncate { through_seq } => {
+                w.u8(3);
+                w.u64(*through_seq);
+            }
+            Request::Status => w.u8(4),
+        }
+        w.finish()
+    }
+
+    /// Decodes a frame body.
+    pub fn decode(body: &[u8]) -> Result<Request, WireError> {
+        let mut r = Reader::new(body);
+        let request = match r.u8()? {
+            1 => Request::Append {
+                seq: r.u64()?,
+                payload: r.bytes("payload", MAX_PAYLOAD_LEN)?.to_vec(),
+            },
+            2 => Request::Replay { from_seq: r.u64()? },
+            3 => Request::Truncate {
+                through_seq: r.u64()?,
+            },
+            4 => Request::Status,
+            kind => return Err(WireError::UnknownKind(kind)),
+        };
+        r.end()?;
+        Ok(request)
+    }
+}
+
+impl Response {
+    /// The frame (length prefix and body) of this response.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Response::Appended { seq } => {
+                w.u8(0x81);
+                w.u64(*seq);
+            }
+            Response::Record { seq, payload } => {
+                w.u8(0x82);
+                w.u64(*seq);
+                w.bytes(payload);
+            }
+            Response::ReplayDone { last_seq } => {
+                w.u8(0x83);
+                w.u64(*last_seq);
+            }
+            Response::Truncated { through_seq } => {
+                w.u8(0x84);
+                w.u64(*through_seq);
+            }
+            Response::Status {
+                used,
+                quota,
+                truncated_through,
+                last_seq,
+            } => {
+                w.u8(0x85);
+                for v in [used, quota, truncated_through, last_seq] {
+                    w.u64(*v);
+                }
+            }
+            Response::Error { code, message } => {
+                w.u8(0x86);
+                w.u16(*code);
+                let mut end = message.len().min(MAX_MESSAGE_LEN);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.bytes(&message.as_bytes()[..end]);
+            }
+        }
+        w.finish()
+    }
+
+    /// Decodes a frame body.
+    pub fn decode(body: &[u8]) -> Result<Response, WireError> {
+        let mut r = Reader::new(body);
+        let response = match r.u8()? {
+            0x81 => Response::Appended { seq: r.u64()? },
+            0x82 => Response::Record {
+                seq: r.u64()?,
+                payload: r.bytes("payload", MAX_PAYLOAD_LEN)?.to_vec(),
+            },
+            0x83 => Response::ReplayDone { last_seq: r.u64()? },
+            0x84 => Response::Truncated {
+                through_seq: r.u64()?,
+            },
+            0x85 => Response::Status {
+                used: r.u64()?,
+                quota: r.u64()?,
+                truncated_through: r.u64()?,
+                last_seq: r.u64()?,
+            },
+            0x86 => Response::Error {
+                code: r.u16()?,
+                message: String::from_utf8(r.bytes("message", MAX_MESSAGE_LEN)?.to_vec())
+                    .map_err(|_| WireError::NotUtf8)?,
+            },
+            kind => return Err(WireError::UnknownKind(kind)),
+        };
+        r.end()?;
+        Ok(response)
+    }
+}
+
+/// Checks a frame's length prefix: the body length, if acceptable.
+pub fn body_len(prefix: [u8; 4]) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_BODY_LEN {
+        return Err(WireError::TooLong {
+            what: "message",
+            len,
+            limit: MAX_BODY_LEN,
+        });
+    }
+    Ok(len)
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new() -> Writer {
+        Writer(vec![0; 4])
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+    fn finish(mut self) -> Vec<u8> {
+        let body = (self.0.len() - 4) as u32;
+        self.0[..4].copy_from_slice(&body.to_le_bytes());
+        self.0
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let rest = &self.bytes[self.at..];
+        if rest.len() < n {
+            return Err(WireError::Truncated {
+                at: self.at,
+                needed: n - rest.len(),
+            });
+        }
+        self.at += n;
+        Ok(&rest[..n])
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn bytes(&mut self, what: &'static str, limit: usize) -> Result<&'a [u8], WireError> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        if len > limit {
+            return Err(WireError::TooLong { what, len, limit });
+        }
+        self.take(len)
+    }
+    fn end(&self) -> Result<(), WireError> {
+        match self.bytes.len() - self.at {
+            0 => Ok(()),
+            n => Err(WireError::Trailing(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = body_len(frame[..4].try_into().expect("prefix")).expect("length");
+        assert_eq!(len, frame.len() - 4);
+        &frame[4..]
+    }
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Append {
+                seq: 7,
+                payload: b"frames and map updates".to_vec(),
+            },
+            Request::Append {
+                seq: u64::MAX,
+                payload: Vec::new(),
+            },
+            Request::Replay { from_seq: 3 },
+            Request::Truncate { through_seq: 9 },
+            Request::Status,
+        ]
+    }
+
+    fn responses() -> Vec<Response> {
+        vec![
+            Response::Appended { seq: 1 },
+            Response::Record {
+                seq: 2,
+                payload: vec![0xAB; 1000],
+            },
+            Response::ReplayDone { last_seq: 5 },
+            Response::Truncated { through_seq: 4 },
+            Response::Status {
+                used: 1,
+                quota: 2,
+                truncated_through: 3,
+                last_seq: 4,
+            },
+            Response::Error {
+                code: code::STALE_SEQUENCE,
+                message: "seq 3 is not above 5".to_string(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips() {
+        for r in requests() {
+            assert_eq!(Request::decode(body(&r.encode())), Ok(r));
+        }
+        for r in responses() {
+            assert_eq!(Response::decode(body(&r.encode())), Ok(r));
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_an_error() {
+        for r in requests() {
+            let frame = r.encode();
+            let b = body(&frame);
+            for cut in 0..b.len() {
+                assert!(matches!(
+                    Request::decode(&b[..cut]),
+                    Err(WireError::Truncated { .. })
+                ));
+            }
+            let mut longer = b.to_vec();
+            longer.push(0);
+            assert_eq!(Request::decode(&longer), Err(WireError::Trailing(1)));
+        }
+        for r in responses() {
+            let frame = r.encode();
+            let b = body(&frame);
+            for cut in 0..b.len() {
+                assert!(Response::decode(&b[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_fields() {
+        assert_eq!(Request::decode(&[0x81]), Err(WireError::UnknownKind(0x81)));
+        assert_eq!(Response::decode(&[1]), Err(WireError::UnknownKind(1)));
+        // An append claiming a 4 GiB payload is refused on the length alone.
+        let mut b = vec![1];
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Request::decode(&b),
+            Err(WireError::TooLong {
+                what: "payload",
+                ..
+            })
+        ));
+        assert!(body_len(u32::MAX.to_le_bytes()).is_err());
+        assert!(body_len((MAX_BODY_LEN as u32).to_le_bytes()).is_ok());
+        let mut e = vec![0x86, 1, 0];
+        e.extend_from_slice(&2u32.to_le_bytes());
+        e.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(Response::decode(&e), Err(WireError::NotUtf8));
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_character_boundary() {
+        let r = Response::Error {
+            code: code::STORAGE,
+            message: "é".repeat(MAX_MESSAGE_LEN),
+        };
+        match Response::decode(body(&r.encode())) {
+            Ok(Response::Error { message, .. }) => {
+                assert!(message.len() <= MAX_MESSAGE_LEN && !message.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Request::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(i in 0usize..64, x in any::<u8>()) {
+            for r in requests() {
+                let mut b = body(&r.encode()).to_vec();
+                let at = i % b.len();
+                b[at] ^= x;
+                let _ = Request::decode(&b);
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! A host's connection to the pool: TLS with the host's certificate, then
+//! [`Request`]s and [`Response`]s in order (see [`strata_common::wire`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use strata_common::pki::POOL_SERVER_NAME;
+use strata_common::wire::{self, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// One connection to the pool.
+pub struct PoolClient {
+    rd: BufReader<ReadHalf<TlsStream<TcpStream>>>,
+    wr: WriteHalf<TlsStream<TcpStream>>,
+    pool: SocketAddr,
+}
+
+impl PoolClient {
+    /// Connects to the pool at `pool` with `tls` (from
+    /// [`strata_common::tls::client_config`]) and completes the handshake.
+    pub async fn connect(pool: SocketAddr, tls: Arc<ClientConfig>) -> anyhow::Result<PoolClient> {
+        let tcp = TcpStream::connect(pool)
+            .await
+            .with_context(|| format!("cannot connect to pool {pool}"))?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(POOL_SERVER_NAME)?;
+        let stream = TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with pool {pool}"))?;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(PoolClient {
+            rd: BufReader::new(rd),
+            wr,
+            pool,
+        })
+    }
+
+    /// Sends `request` without waiting for its answer.
+    pub async fn send(&mut self, request: &Request) -> anyhow::Result<()> {
+        self.wr
+            .write_all(&request.encode())
+            .await
+            .with_context(|| format!("sending to pool {}", self.pool))?;
+        self.wr.flush().await?;
+        Ok(())
+    }
+
+    /// The next response.
+    pub async fn recv(&mut self) -> anyhow::Result<Response> {
+        let mut prefix = [0u8; 4];
+        self.rd
+            .read_exact(&mut prefix)
+            .await
+            .with_context(|| format!("reading from pool {}", self.pool))?;
+        let len = wire::body_len(prefix)?;
+        let mut body = vec![0u8; len];
+        self.rd.read_exact(&mut body).await?;
+        Response::decode(&body).map_err(|e| anyhow!("bad response from pool {}: {e}", self.pool))
+    }
+
+    /// Sends `request` and waits for its one response.
+    pub async fn call(&mut self, request: &Request) -> anyhow::Result<Response> {
+        self.send(request).await?;
+        self.recv().await
+    }
+
+    /// Appends record `seq` and waits until it is durable.
+    pub async fn append(&mut self, seq: u64, payload: Vec<u8>) -> anyhow::Result<()> {
+        match self.call(&Request::Append { seq, payload }).await? {
+            Response::Appended { seq: s } if s == seq => Ok(()),
+            other => bail!("append {seq}: pool {} answered {other:?}", self.pool),
+        }
+    }
+
+    /// Every record from `from_seq` on, and the last sequence number.
+    pub async fn replay(&mut self, from_seq: u64) -> anyhow::Result<(Vec<(u64, Vec<u8>)>, u64)> {
+        self.send(&Request::Replay { from_seq }).await?;
+        let mut records = Vec::new();
+        loop {
+            match self.recv().await? {
+                Response::Record { seq, payload } => records.push((seq, payload)),
+                Response::ReplayDone { last_seq } => return Ok((records, last_seq)),
+                other => bail!("replay: pool {} answered {other:?}", self.pool),
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The pool's TLS server: accepts hosts with a certificate of the cluster
+//! CA, names each by its certificate, and serves its NVLOG requests.
+//!
+//! Each host's log has one writer thread that owns the [`Nvlog`] and
+//! group-commits whatever appends are queued when it wakes (one write, one
+//! fdatasync), then acknowledges them. Connections read requests in order
+//! and hand responses, in the same order, to a writer task, so a host can
+//! keep many appends in flight. Quota: an append first reserves its bytes
+//! against the host's quota and waits (reading nothing more from that
+//! connection) until truncation frees room, so a host near its quota slows
+//! down instead of failing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use strata_common::wire::{self, code, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_rustls::TlsAcceptor;
+
+use crate::nvlog::{record_bytes, Nvlog};
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most appends one group commit takes.
+const MAX_GROUP: usize = 512;
+/// Responses queued per connection before its reader waits.
+const PIPELINE_DEPTH: usize = 1024;
+
+/// What the pool serves from.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Where the NVLOGs live (one directory per host under `nvlog/`).
+    pub data_dir: PathBuf,
+    /// Bytes of un-truncated records each host may hold.
+    pub nvlog_quota: u64,
+}
+
+/// One request to a host log's writer thread.
+enum LogOp {
+    Append {
+        seq: u64,
+        payload: Vec<u8>,
+        done: oneshot::Sender<Response>,
+    },
+    Truncate {
+        through_seq: u64,
+        done: oneshot::Sender<Response>,
+    },
+    Replay {
+        from_seq: u64,
+        out: mpsc::Sender<Response>,
+    },
+    Status {
+        done: oneshot::Sender<Response>,
+    },
+}
+
+/// One host's NVLOG as the server sees it: its writer thread and quota.
+struct HostLog {
+    host: String,
+    ops: std_mpsc::Sender<LogOp>,
+    quota: u64,
+    reserved: Mutex<u64>,
+    room: Notify,
+}
+
+impl HostLog {
+    /// Opens host `host`'s log and starts its writer thread.
+    fn open(settings: &PoolSettings, host: &str) -> anyhow::Result<Arc<HostLog>> {
+        let dir = settings.data_dir.join("nvlog").join(host);
+        let log = Nvlog::open(&dir)?;
+        tracing::info!(
+            host,
+            records_bytes = log.used(),
+            last_seq = log.last_seq(),
+            truncated_through = log.truncated_through(),
+            "NVLOG opened"
+        );
+        let (tx, rx) = std_mpsc::channel();
+        let host_log = Arc::new(HostLog {
+            host: host.to_string(),
+            ops: tx,
+            quota: settings.nvlog_quota,
+            reserved: Mutex::new(log.used()),
+            room: Notify::new(),
+        });
+        let weak = Arc::downgrade(&host_log);
+        std::thread::Builder::new()
+            .name(format!("nvlog-{host}"))
+            .spawn(move || run_writer(log, rx, weak))?;
+        Ok(host_log)
+    }
+
+    /// Waits until `bytes` fit in the quota, and takes them.
+    async fn reserve(&self, bytes: u64) {
+        loop {
+            let notified = self.room.notified();
+            {
+                let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+                if *reserved + bytes <= self.quota {
+                    *reserved += bytes;
+                    return;
+                }
+            }
+            tracing::debug!(host = %self.host, bytes, "NVLOG quota reached: append waits for truncation");
+            notified.await;
+        }
+    }
+
+    /// Gives `bytes` back to the quota.
+    fn release(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        *reserved = reserved.saturating_sub(bytes);
+        drop(reserved);
+        self.room.notify_waiters();
+    }
+
+    fn send(&self, op: LogOp) -> Result<(), Response> {
+        self.ops.send(op).map_err(|_| Response::Error {
+            code: code::STORAGE,
+            message: format!("NVLOG of host {} is not running", self.host),
+        })
+    }
+}
+
+/// The writer thread of one host's log.
+fn run_writer(mut log: Nvlog, ops: std_mpsc::Receiver<LogOp>, host: std::sync::Weak<HostLog>) {
+    let mut pending: Option<LogOp> = None;
+    loop {
+        let op = match pending.take() {
+            Some(op) => op,
+            None => match ops.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
+        match op {
+            LogOp::Append { seq, payload, done } => {
+                let mut group = vec![(seq, payload, done)];
+                while group.len() < MAX_GROUP {
+                    match ops.try_recv() {
+                        Ok(LogOp::Append { seq, payload, done }) => {
+                            group.push((seq, payload, done))
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut log, group, &host);
+            }
+            LogOp::Truncate { through_seq, done } => {
+                let response = match log.truncate(through_seq) {
+                    Ok(freed) => {
+                        if let Some(h) = host.upgrade() {
+                            h.release(freed);
+                        }
+                        Response::Truncated { through_seq }
+                    }
+                    Err(e) => storage_error(&e),
+                };
+                let _ = done.send(response);
+            }
+            LogOp::Replay { from_seq, out } => {
+                let result = log.replay(from_seq, |seq, payload| {
+                    out.blocking_send(Response::Record { seq, payload }).is_ok()
+                });
+                let last = match result {
+                    Ok(()) => Response::ReplayDone {
+                        last_seq: log.last_seq(),
+                    },
+                    Err(e) => storage_error(&e),
+                };
+                let _ = out.blocking_send(last);
+            }
+            LogOp::Status { done } => {
+                let quota = host.upgrade().map_or(0, |h| h.quota);
+                let _ = done.send(Response::Status {
+                    used: log.used(),
+                    quota,
+                    truncated_through: log.truncated_through(),
+                    last_seq: log.last_seq(),
+                });
+            }
+        }
+    }
+}
+
+/// Makes a group of appends durable together and answers each; appends
+/// whose sequence number is not above the one before fail alone.
+fn commit_group(
+    log: &mut Nvlog,
+    group: Vec<(u64, Vec<u8>, oneshot::Sender<Response>)>,
+    host: &std::sync::Weak<HostLog>,
+) {
+    let mut last = log.last_seq();
+    let accepted: Vec<bool> = group
+        .iter()
+        .map(|(seq, _, _)| {
+            let ok = *seq > last;
+            last = last.max(*seq);
+            ok
+        })
+        .collect();
+    let batch: Vec<(u64, &[u8])> = group
+        .iter()
+        .zip(&accepted)
+        .filter(|(_, ok)| **ok)
+        .map(|((seq, payload, _), _)| (*seq, payload.as_slice()))
+        .collect();
+    let result = log.append_batch(&batch);
+    drop(batch);
+    let mut unused = 0;
+    let mut answers = Vec::with_capacity(group.len());
+    for ((seq, payload, done), ok) in group.into_iter().zip(accepted) {
+        let response = match (&result, ok) {
+            (Ok(()), true) => Response::Appended { seq },
+            (Err(e), true) => storage_error(e),
+            (_, false) => Response::Error {
+                code: code::STALE_SEQUENCE,
+                message: format!("sequence {seq} is not above the last appended"),
+            },
+        };
+        if !matches!(response, Response::Appended { .. }) {
+            unused += record_bytes(payload.len());
+        }
+        answers.push((done, response));
+    }
+    if let Some(h) = host.upgrade() {
+        h.release(unused);
+    }
+    for (done, response) in answers {
+        let _ = done.send(response);
+    }
+}
+
+fn storage_error(e: &crate::nvlog::NvlogError) -> Response {
+    tracing::error!(error = %e, "NVLOG storage error");
+    Response::Error {
+        code: code::STORAGE,
+        message: e.to_string(),
+    }
+}
+
+/// What a connection's response writer sends next, in request order.
+enum Pending {
+    Ready(Response),
+    Later(oneshot::Receiver<Response>),
+    Stream(mpsc::Receiver<Response>),
+}
+
+/// The running server.
+pub struct PoolServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    settings: PoolSettings,
+    logs: Mutex<HashMap<String, Arc<HostLog>>>,
+}
+
+impl PoolServer {
+    /// Binds `listen` with the TLS configuration `tls`.
+    pub async fn bind(
+        listen: SocketAddr,
+        tls: Arc<ServerConfig>,
+        settings: PoolSettings,
+    ) -> anyhow::Result<Arc<PoolServer>> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Ok(Arc::new(PoolServer {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+            settings,
+            logs: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let server = self.clone();
+            tokio::spawn(async move { server.serve(tcp, peer).await });
+        }
+    }
+
+    fn host_log(&self, host: &str) -> anyhow::Result<Arc<HostLog>> {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = logs.get(host) {
+            return Ok(log.clone());
+        }
+        let log = HostLog::open(&self.settings, host)?;
+        logs.insert(host.to_string(), log.clone());
+        Ok(log)
+    }
+
+    async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let host = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(strata_common::tls::host_name_of);
+        let Some(host) = host else {
+            tracing::warn!(%peer, "client certificate names no valid host; closing");
+            return;
+        };
+        let log = match self.host_log(&host) {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(%peer, host, error = %e, "cannot open the host's NVLOG");
+                return;
+            }
+        };
+        tracing::info!(%peer, host, "host connected");
+        let (mut rd, wr) = tokio::io::split(stream);
+        let (ptx, prx) = mpsc::channel(PIPELINE_DEPTH);
+        let writer = tokio::spawn(write_responses(wr, prx));
+        loop {
+            let pending = match read_request(&mut rd).await {
+                Ok(None) => break,
+                Ok(Some(Ok(request))) => handle(&log, request).await,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(%peer, host, error = %e, "bad request");
+                    Pending::Ready(Response::Error {
+                        code: code::BAD_REQUEST,
+                        message: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, host, error = %e, "connection dropped");
+                    break;
+                }
+            };
+            if ptx.send(pending).await.is_err() {
+                break;
+            }
+        }
+        drop(ptx);
+        let _ = writer.await;
+        tracing::info!(%peer, host, "host disconnected");
+    }
+}
+
+/// Turns one request into its pending response.
+async fn handle(log: &HostLog, request: Request) -> Pending {
+    let (tx, rx) = oneshot::channel();
+    let op = match request {
+        Request::Append { seq, payload } => {
+            let bytes = record_bytes(payload.len());
+            if bytes > log.quota {
+                return Pending::Ready(Response::Error {
+                    code: code::TOO_LARGE,
+                    message: format!(
+                        "append of {bytes} bytes exceeds the NVLOG quota of {} bytes",
+                        log.quota
+                    ),
+                });
+            }
+            log.reserve(bytes).await;
+            LogOp::Append {
+                seq,
+                payload,
+                done: tx,
+            }
+        }
+        Request::Truncate { through_seq } => LogOp::Truncate {
+            through_seq,
+            done: tx,
+        },
+        Request::Status => LogOp::Status { done: tx },
+        Request::Replay { from_seq } => {
+            let (out, records) = mpsc::channel(64);
+            return match log.send(LogOp::Replay { from_seq, out }) {
+                Ok(()) => Pending::Stream(records),
+                Err(e) => Pending::Ready(e),
+            };
+        }
+    };
+    match log.send(op) {
+        Ok(()) => Pending::Later(rx),
+        Err(e) => Pending::Ready(e),
+    }
+}
+
+/// Reads one request frame: `None` at a clean end of stream, an inner
+/// error for a frame that does not decode (the stream stays usable), an
+/// outer one when the stream is broken or a length is hostile.
+async fn read_request<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+) -> std::io::Result<Option<Result<Request, wire::WireError>>> {
+    let mut prefix = [0u8; 4];
+    match rd.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = wire::body_len(prefix).map_err(std::io::Error::other)?;
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body).await?;
+    Ok(Some(Request::decode(&body)))
+}
+
+async fn write_responses<W: AsyncWriteExt + Unpin>(wr: W, mut pending: mpsc::Receiver<Pending>) {
+    let mut wr = BufWriter::new(wr);
+    let lost = || Response::Error {
+        code: code::STORAGE,
+        message: "the NVLOG writer stopped before answering".to_string(),
+    };
+    while let Some(p) = pending.recv().await {
+        let sent = match p {
+            Pending::Ready(r) => wr.write_all(&r.encode()).await,
+            Pending::Later(rx) => {
+                if pending.is_empty() {
+                    // About to wait: let the client see what is done.
+                    if wr.flush().await.is_err() {
+                        return;
+                    }
+                }
+                let r = rx.await.unwrap_or_else(|_| lost());
+                wr.write_all(&r.encode()).await
+            }
+            Pending::Stream(mut rx) => {
+                let mut result = Ok(());
+                while let Some(r) = rx.recv().await {
+                    result = wr.write_all(&r.encode()).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+        };
+        if sent.is_err() || (pending.is_empty() && wr.flush().await.is_err()) {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

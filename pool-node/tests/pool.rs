@@ -1,0 +1,369 @@
+//! strata-pool as a process: mutual TLS, the NVLOG's durability across
+//! kill -9, quota back-pressure, and hostile requests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use strata_common::pki::ClusterDir;
+use strata_common::tls;
+use strata_common::wire::{code, Request, Response};
+use strata_pool::client::PoolClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running strata-pool, killed with SIGKILL when dropped.
+struct Pool {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Pool {
+    fn start(cluster: &Path, data: &Path, quota: &str, listen: &str) -> Pool {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata-pool"))
+            .args(["--listen", listen, "--nvlog-quota", quota])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--cluster-dir")
+            .arg(cluster)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start strata-pool");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("strata-pool exited before listening")
+                .expect("read stderr");
+            if let Some(a) = line.strip_prefix("strata-pool: listening on ") {
+                break a.parse().expect("address");
+            }
+        };
+        // Keep draining stderr so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Pool { child, addr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    dir: ClusterDir,
+}
+
+fn cluster() -> Cluster {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("cluster");
+    let dir = ClusterDir::new(&root);
+    dir.init().expect("init");
+    dir.add_host("h1").expect("host");
+    Cluster {
+        data: tmp.path().join("data"),
+        _dir: tmp,
+        root,
+        dir,
+    }
+}
+
+fn host_tls(c: &Cluster, host: &str) -> Arc<ClientConfig> {
+    tls::client_config(&c.dir, host).expect("client config")
+}
+
+/// Deterministic payload of record `seq`.
+fn payload(seq: u64) -> Vec<u8> {
+    let len = 100 + (seq as usize * 7919) % 9000;
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(seq) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn append_replay_truncate_over_mutual_tls() {
+    let c = cluster();
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    for seq in 1..=20 {
+        client.append(seq, payload(seq)).await.expect("append");
+    }
+    match client
+        .call(&Request::Append {
+            seq: 20,
+            payload: vec![1],
+        })
+        .await
+    {
+        Ok(Response::Error { code: c, .. }) => assert_eq!(c, code::STALE_SEQUENCE),
+        other => panic!("stale append answered {other:?}"),
+    }
+    let (records, last) = client.replay(5).await.expect("replay");
+    assert_eq!(last, 20);
+    assert_eq!(records.len(), 16);
+    for (seq, bytes) in &records {
+        assert_eq!(*bytes, payload(*seq), "record {seq}");
+    }
+    match client.call(&Request::Truncate { through_seq: 10 }).await {
+        Ok(Response::Truncated { through_seq: 10 }) => {}
+        other => panic!("truncate answered {other:?}"),
+    }
+    let (records, _) = client.replay(0).await.expect("replay");
+    assert_eq!(records.first().map(|r| r.0), Some(11));
+    match client.call(&Request::Status).await {
+        Ok(Response::Status {
+            used,
+            truncated_through: 10,
+            last_seq: 20,
+            ..
+        }) => {
+            let expected: u64 = (11..=20).map(|s| 32 + payload(s).len() as u64).sum();
+            assert_eq!(used, expected);
+        }
+        other => panic!("status answered {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn peers_without_a_valid_cluster_certificate_are_refused() {
+    let c = cluster();
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+
+    // Another cluster's CA, with a host of the same name.
+    let other_tmp = tempfile::tempdir().expect("tempdir");
+    let other = ClusterDir::new(other_tmp.path());
+    other.init().expect("other init");
+    other.add_host("h1").expect("other host");
+    let foreign = tls::client_config_from(&c.dir, &other.host_cert("h1"), &other.host_key("h1"))
+        .expect("foreign config");
+
+    // A certificate of this cluster that expired yesterday.
+    let now = time::OffsetDateTime::now_utc();
+    c.dir
+        .add_host_valid(
+            "old",
+            (
+                now - time::Duration::days(30),
+                now - time::Duration::days(1),
+            ),
+        )
+        .expect("expired host");
+    let expired = host_tls(&c, "old");
+
+    let anonymous = tls::anonymous_client_config(&c.dir).expect("anonymous config");
+
+    for (what, config) in [
+        ("no certificate", anonymous),
+        ("another CA's certificate", foreign),
+        ("an expired certificate", expired),
+    ] {
+        // TLS 1.3 lets the client finish first; the refusal arrives as an
+        // alert on the first read at the latest.
+        let answered = match PoolClient::connect(pool.addr, config).await {
+            Err(_) => false,
+            Ok(mut client) => client.call(&Request::Status).await.is_ok(),
+        };
+        assert!(!answered, "{what}: the pool answered a request");
+    }
+    // Nothing was opened for either h1 impostor or the expired host.
+    assert!(!c.data.join("nvlog").join("h1").exists());
+    assert!(!c.data.join("nvlog").join("old").exists());
+
+    // The genuine host still gets in.
+    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    client.append(1, payload(1)).await.expect("append");
+}
+
+#[tokio::test]
+async fn acknowledged_appends_survive_kill_9_under_load() {
+    let c = cluster();
+    let mut pool = Pool::start(&c.root, &c.data, "1G", "127.0.0.1:0");
+    let addr = pool.addr;
+    let mut client = PoolClient::connect(addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    // Keep 32 appends in flight; kill the pool after 300 are acknowledged,
+    // while the rest are on the wire or in a group commit.
+    let mut acked = Vec::new();
+    let mut next = 1u64;
+    let mut in_flight = 0;
+    let result: anyhow::Result<()> = async {
+        loop {
+            while in_flight < 32 {
+                client
+                    .send(&Request::Append {
+                        seq: next,
+                        payload: payload(next),
+                    })
+                    .await?;
+                next += 1;
+                in_flight += 1;
+            }
+            match client.recv().await? {
+                Response::Appended { seq } => acked.push(seq),
+                other => anyhow::bail!("append answered {other:?}"),
+            }
+            in_flight -= 1;
+            if acked.len() == 300 {
+                pool.kill();
+            }
+        }
+    }
+    .await;
+    assert!(result.is_err(), "the connection outlived the pool");
+    assert!(acked.len() >= 300, "only {} acknowledged", acked.len());
+
+    let pool = Pool::start(&c.root, &c.data, "1G", &addr.to_string());
+    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("reconnect");
+    let (records, last) = client.replay(0).await.expect("replay");
+    let max_acked = acked.iter().copied().max().unwrap_or(0);
+    assert!(last >= max_acked, "last {last} < acknowledged {max_acked}");
+    // Records come back in order, each with its exact bytes, and include
+    // every acknowledged one.
+    for pair in records.windows(2) {
+        assert!(pair[0].0 < pair[1].0);
+    }
+    for (seq, bytes) in &records {
+        assert_eq!(*bytes, payload(*seq), "record {seq} changed");
+    }
+    let held: std::collections::HashSet<u64> = records.iter().map(|r| r.0).collect();
+    for seq in &acked {
+        assert!(held.contains(seq), "acknowledged record {seq} lost");
+    }
+    // The log continues where it stopped.
+    client
+        .append(last + 1, payload(last + 1))
+        .await
+        .expect("append after restart");
+}
+
+#[tokio::test]
+async fn a_host_at_its_quota_waits_for_truncation() {
+    let c = cluster();
+    // Three 16 KiB records fit in 50 KiB; the fourth must wait.
+    let pool = Pool::start(&c.root, &c.data, "50K", "127.0.0.1:0");
+    let mut writer = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    let mut admin = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    let record = vec![7u8; 16 << 10];
+    for seq in 1..=4 {
+        writer
+            .send(&Request::Append {
+                seq,
+                payload: record.clone(),
+            })
+            .await
+            .expect("send");
+    }
+    for seq in 1..=3 {
+        assert_eq!(
+            writer.recv().await.expect("ack"),
+            Response::Appended { seq }
+        );
+    }
+    match admin.call(&Request::Status).await.expect("status") {
+        Response::Status {
+            used,
+            quota,
+            last_seq,
+            ..
+        } => {
+            assert_eq!(last_seq, 3, "the fourth append went past the quota");
+            assert!(used <= quota);
+        }
+        other => panic!("status answered {other:?}"),
+    }
+    assert_eq!(
+        admin
+            .call(&Request::Truncate { through_seq: 2 })
+            .await
+            .expect("truncate"),
+        Response::Truncated { through_seq: 2 }
+    );
+    assert_eq!(
+        writer.recv().await.expect("ack"),
+        Response::Appended { seq: 4 }
+    );
+    // A record larger than the whole quota fails at once instead of waiting.
+    match writer
+        .call(&Request::Append {
+            seq: 5,
+            payload: vec![0; 64 << 10],
+        })
+        .await
+        .expect("answer")
+    {
+        Response::Error { code: c, .. } => assert_eq!(c, code::TOO_LARGE),
+        other => panic!("oversized append answered {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hostile_frames_get_errors_and_never_stop_the_pool() {
+    let c = cluster();
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+    let connector = tokio_rustls::TlsConnector::from(host_tls(&c, "h1"));
+    let name = rustls::pki_types::ServerName::try_from("strata-pool").expect("name");
+
+    // Undecodable bodies: an error each, and the connection carries on.
+    let tcp = tokio::net::TcpStream::connect(pool.addr)
+        .await
+        .expect("tcp");
+    let mut s = connector.connect(name.clone(), tcp).await.expect("tls");
+    for body in [vec![], vec![0x55], vec![1, 2, 3], vec![4, 0]] {
+        s.write_all(&(body.len() as u32).to_le_bytes())
+            .await
+            .expect("write");
+        s.write_all(&body).await.expect("write");
+        let mut prefix = [0u8; 4];
+        s.read_exact(&mut prefix).await.expect("read");
+        let mut reply = vec![0u8; u32::from_le_bytes(prefix) as usize];
+        s.read_exact(&mut reply).await.expect("read");
+        match Response::decode(&reply) {
+            Ok(Response::Error { code: c, .. }) => assert_eq!(c, code::BAD_REQUEST),
+            other => panic!("{body:?} answered {other:?}"),
+        }
+    }
+    // A hostile length: the connection is closed without reading 4 GiB.
+    s.write_all(&u32::MAX.to_le_bytes()).await.expect("write");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(rest.is_empty());
+
+    // Garbage instead of a TLS handshake.
+    let mut raw = tokio::net::TcpStream::connect(pool.addr)
+        .await
+        .expect("tcp");
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink).await;
+
+    // The pool still serves.
+    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    client.append(1, payload(1)).await.expect("append");
+}
