@@ -6,7 +6,7 @@
 //! [`MAX_BODY_LEN`] is refused before it is read. Requests go host → pool;
 //! the pool answers each request with one response (a replay with several
 //! [`Response::Record`]s and a [`Response::ReplayDone`]), in request order,
-//! so a host may pipeline appends.
+//! so a host may pipeline up to [`MAX_IN_FLIGHT`] requests.
 //!
 //! | kind | message | fields |
 //! |---:|---|---|
@@ -28,6 +28,9 @@
 pub const MAX_BODY_LEN: usize = (16 << 20) + 64;
 /// Longest payload an append may carry.
 pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
+/// Most requests a host may have unanswered on one connection; the pool
+/// stops reading a connection that has more.
+pub const MAX_IN_FLIGHT: usize = 1024;
 /// Longest error message sent.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 

@@ -5,10 +5,11 @@
 //! group-commits whatever appends are queued when it wakes (one write, one
 //! fdatasync), then acknowledges them. Connections read requests in order
 //! and hand responses, in the same order, to a writer task, so a host can
-//! keep many appends in flight. Quota: an append first reserves its bytes
-//! against the host's quota and waits (reading nothing more from that
-//! connection) until truncation frees room, so a host near its quota slows
-//! down instead of failing.
+//! keep up to [`wire::MAX_IN_FLIGHT`] requests in flight. Quota: each
+//! connection's appends pass, in order, through an appender task that
+//! reserves their bytes against the host's quota and waits while it is
+//! full, so a host near its quota slows down instead of failing; other
+//! requests (a truncation that frees room, above all) go straight on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,8 +31,6 @@ use crate::nvlog::{record_bytes, Nvlog};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most appends one group commit takes.
 const MAX_GROUP: usize = 512;
-/// Responses queued per connection before its reader waits.
-const PIPELINE_DEPTH: usize = 1024;
 
 /// What the pool serves from.
 #[derive(Debug, Clone)]
@@ -351,12 +350,14 @@ impl PoolServer {
         };
         tracing::info!(%peer, host, "host connected");
         let (mut rd, wr) = tokio::io::split(stream);
-        let (ptx, prx) = mpsc::channel(PIPELINE_DEPTH);
+        let (ptx, prx) = mpsc::channel(wire::MAX_IN_FLIGHT);
         let writer = tokio::spawn(write_responses(wr, prx));
+        let (atx, arx) = mpsc::channel(wire::MAX_IN_FLIGHT);
+        let appender = tokio::spawn(run_appender(log.clone(), arx));
         loop {
             let pending = match read_request(&mut rd).await {
                 Ok(None) => break,
-                Ok(Some(Ok(request))) => handle(&log, request).await,
+                Ok(Some(Ok(request))) => handle(&log, &atx, request).await,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(%peer, host, error = %e, "bad request");
                     Pending::Ready(Response::Error {
@@ -373,14 +374,32 @@ impl PoolServer {
                 break;
             }
         }
+        drop(atx);
         drop(ptx);
+        let _ = appender.await;
         let _ = writer.await;
         tracing::info!(%peer, host, "host disconnected");
     }
 }
 
+/// One connection's appends, in order: each waits for room in the quota,
+/// then goes to the log's writer thread.
+async fn run_appender(log: Arc<HostLog>, mut appends: mpsc::Receiver<LogOp>) {
+    while let Some(op) = appends.recv().await {
+        if let LogOp::Append { payload, .. } = &op {
+            log.reserve(record_bytes(payload.len())).await;
+        }
+        if let Err(refused) = log.send(op) {
+            // The writer thread is gone; its senders are dropped with the
+            // op, so each waiting response reports the loss.
+            tracing::error!(host = %log.host, ?refused, "NVLOG writer stopped");
+            return;
+        }
+    }
+}
+
 /// Turns one request into its pending response.
-async fn handle(log: &HostLog, request: Request) -> Pending {
+async fn handle(log: &HostLog, appender: &mpsc::Sender<LogOp>, request: Request) -> Pending {
     let (tx, rx) = oneshot::channel();
     let op = match request {
         Request::Append { seq, payload } => {
@@ -394,12 +413,18 @@ async fn handle(log: &HostLog, request: Request) -> Pending {
                     ),
                 });
             }
-            log.reserve(bytes).await;
-            LogOp::Append {
+            let op = LogOp::Append {
                 seq,
                 payload,
                 done: tx,
-            }
+            };
+            return match appender.send(op).await {
+                Ok(()) => Pending::Later(rx),
+                Err(_) => Pending::Ready(Response::Error {
+                    code: code::STORAGE,
+                    message: format!("NVLOG of host {} is not running", log.host),
+                }),
+            };
         }
         Request::Truncate { through_seq } => LogOp::Truncate {
             through_seq,
