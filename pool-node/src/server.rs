@@ -341,7 +341,9 @@ impl PoolServer {
             tracing::warn!(%peer, "client certificate names no valid host; closing");
             return;
         };
-        let log = match self.host_log(&host) {
+        // The first connection of a host replays its NVLOG from disk:
+        // blocking work, kept off the other connections' worker.
+        let log = match tokio::task::block_in_place(|| self.host_log(&host)) {
             Ok(log) => log,
             Err(e) => {
                 tracing::error!(%peer, host, error = %e, "cannot open the host's NVLOG");
