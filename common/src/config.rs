@@ -1,7 +1,8 @@
 //! Configuration of `strata-host`: its flash store and the vdisks it serves.
 //!
-//! A config file is TOML with an optional `[flash]` table and one `[[vdisk]]`
-//! table per vdisk. The command line accepts the same vdisk fields as a
+//! A config file is TOML with an optional `[flash]` table, an optional
+//! `[pool]` table (the pool node whose NVLOG makes writes durable) and one
+//! `[[vdisk]]` table per vdisk. The command line accepts the same vdisk fields as a
 //! compact spec, `name=d0,size=8G` or `name=s0,kind=raw,path=/img,size=8G`,
 //! which is turned into the same TOML table and deserialized by the same
 //! schema, so both forms accept exactly the same keys and values.
@@ -343,6 +344,45 @@ fn default_control_socket() -> PathBuf {
     Path::new(DEFAULT_SOCKET_DIR).join("strata-host.ctl")
 }
 
+/// The `[pool]` table: where the pool node is and who this host is to it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PoolSettings {
+    /// The pool node's address, `IP:PORT`.
+    pub address: std::net::SocketAddr,
+    /// The cluster directory `strata init` made (CA, this host's certificate).
+    #[serde(default = "default_cluster_dir")]
+    pub cluster_dir: PathBuf,
+    /// This host's name, as given to `strata host add`.
+    #[serde(default = "default_host_name")]
+    pub host_name: String,
+}
+
+impl PoolSettings {
+    /// Settings for the pool at `address` with the default cluster directory
+    /// and host name.
+    pub fn new(address: std::net::SocketAddr) -> PoolSettings {
+        PoolSettings {
+            address,
+            cluster_dir: default_cluster_dir(),
+            host_name: default_host_name(),
+        }
+    }
+}
+
+/// Where `strata init` puts the cluster's certificates by default.
+pub const DEFAULT_CLUSTER_DIR: &str = "/var/lib/strata/cluster";
+/// The host name a one-box setup uses.
+pub const DEFAULT_HOST_NAME: &str = "host1";
+
+fn default_cluster_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_CLUSTER_DIR)
+}
+
+fn default_host_name() -> String {
+    DEFAULT_HOST_NAME.to_string()
+}
+
 fn deserialize_size_required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     deserialize_size(d)?.ok_or_else(|| serde::de::Error::custom("a size is required"))
 }
@@ -354,6 +394,10 @@ pub struct HostConfig {
     /// The flash store of `strata` vdisks.
     #[serde(default)]
     pub flash: FlashSettings,
+    /// The pool node `strata` vdisks write through; none for a standalone
+    /// host.
+    #[serde(default)]
+    pub pool: Option<PoolSettings>,
     /// The vdisks to serve.
     #[serde(default)]
     pub vdisk: Vec<VdiskConfig>,

@@ -81,14 +81,44 @@ impl PoolClient {
 
     /// Every record from `from_seq` on, and the last sequence number.
     pub async fn replay(&mut self, from_seq: u64) -> anyhow::Result<(Vec<(u64, Vec<u8>)>, u64)> {
-        self.send(&Request::Replay { from_seq }).await?;
         let mut records = Vec::new();
+        let last_seq = self
+            .replay_each(from_seq, |seq, payload| {
+                records.push((seq, payload));
+                Ok(())
+            })
+            .await?;
+        Ok((records, last_seq))
+    }
+
+    /// Hands every record from `from_seq` on to `each` as it arrives (so a
+    /// long log is never held whole) and returns the last sequence number.
+    /// An error from `each` stops the replay and is returned.
+    pub async fn replay_each(
+        &mut self,
+        from_seq: u64,
+        mut each: impl FnMut(u64, Vec<u8>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        self.send(&Request::Replay { from_seq }).await?;
         loop {
             match self.recv().await? {
-                Response::Record { seq, payload } => records.push((seq, payload)),
-                Response::ReplayDone { last_seq } => return Ok((records, last_seq)),
+                Response::Record { seq, payload } => each(seq, payload)?,
+                Response::ReplayDone { last_seq } => return Ok(last_seq),
                 other => bail!("replay: pool {} answered {other:?}", self.pool),
             }
         }
+    }
+
+    /// The last sequence number the host's NVLOG holds (0 if none ever).
+    pub async fn last_seq(&mut self) -> anyhow::Result<u64> {
+        match self.call(&Request::Status).await? {
+            Response::Status { last_seq, .. } => Ok(last_seq),
+            other => bail!("status: pool {} answered {other:?}", self.pool),
+        }
+    }
+
+    /// The pool's address.
+    pub fn pool(&self) -> SocketAddr {
+        self.pool
     }
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is needed and runs every check and test: formatting, clippy,
 # then the whole workspace's tests in release (unit, property, libblkio client,
-# hostile-frontend and QEMU guest tests) on strata vdisks, and the client and
-# hostile-frontend tests once more on raw vdisks. One build serves all of them.
+# hostile-frontend and QEMU guest tests) on strata vdisks, the client,
+# hostile-frontend and status tests once more with strata-host writing through
+# a pool node, and once more on raw vdisks. One build serves all of them.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -17,5 +18,7 @@ echo "== cargo build"
 cargo build --release --workspace --all-targets
 echo "== cargo test (strata vdisks)"
 cargo test --release --workspace
+echo "== cargo test (strata vdisks on a pool node: client, hostile-frontend and status tests)"
+STRATA_TEST_POOL=1 cargo test --release -p strata-host --test blkio_client --test malformed --test status
 echo "== cargo test (raw vdisks: client and hostile-frontend tests)"
 STRATA_TEST_KIND=raw cargo test --release -p strata-host --test blkio_client --test malformed

@@ -7,6 +7,7 @@ mod backend;
 mod control;
 mod engine;
 mod flash;
+mod pool;
 mod queue;
 mod request;
 mod server;
@@ -23,7 +24,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use strata_common::config::{FlashSettings, HostConfig, VdiskConfig, VdiskKind};
+use strata_common::config::{FlashSettings, HostConfig, PoolSettings, VdiskConfig, VdiskKind};
 use strata_common::keys::{DatastoreKeys, MasterKey};
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +32,7 @@ use crate::control::ControlServer;
 use crate::engine::strata::StrataEngine;
 use crate::engine::{Engine, IoMode, RawImage};
 use crate::flash::{FlashConfig, FlashStore};
+use crate::pool::PoolConfig;
 use crate::server::VdiskServer;
 use crate::vdisk::Vdisk;
 
@@ -75,6 +77,16 @@ struct Args {
     /// Control socket `strata-host status` talks to [default: /run/strata/strata-host.ctl].
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
+    /// The pool node (IP:PORT) whose NVLOG makes writes durable; without
+    /// one (and no [pool] table) the host runs standalone on its flash.
+    #[arg(long, value_name = "ADDR")]
+    pool: Option<std::net::SocketAddr>,
+    /// The cluster directory of `strata init` [default: /var/lib/strata/cluster].
+    #[arg(long, value_name = "DIR", requires = "pool")]
+    cluster_dir: Option<PathBuf>,
+    /// This host's name, as given to `strata host add` [default: host1].
+    #[arg(long, value_name = "NAME", requires = "pool")]
+    host_name: Option<String>,
     /// How queues do I/O.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoMode,
@@ -155,6 +167,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(socket) = args.control_socket {
         flash.control_socket = socket;
     }
+    if let Some(address) = args.pool {
+        let pool = config
+            .pool
+            .get_or_insert_with(|| PoolSettings::new(address));
+        pool.address = address;
+        if let Some(dir) = args.cluster_dir {
+            pool.cluster_dir = dir;
+        }
+        if let Some(name) = args.host_name {
+            pool.host_name = name;
+        }
+    }
     config.validate()?;
     if config.vdisk.is_empty() {
         anyhow::bail!("no vdisks to serve: give --vdisk or --config (see --help)");
@@ -182,7 +206,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         ControlServer::check_socket_free(control_socket)?;
     }
     let store = if has_store {
-        Some(Arc::new(open_store(&config.flash, args.io)?))
+        Some(Arc::new(open_store(
+            &config.flash,
+            config.pool.as_ref(),
+            args.io,
+        )?))
     } else {
         None
     };
@@ -269,8 +297,13 @@ fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the flash store with the datastore's keys.
-fn open_store(settings: &FlashSettings, io: IoMode) -> anyhow::Result<FlashStore> {
+/// Opens the flash store with the datastore's keys, on the pool if there is
+/// one.
+fn open_store(
+    settings: &FlashSettings,
+    pool: Option<&PoolSettings>,
+    io: IoMode,
+) -> anyhow::Result<FlashStore> {
     let master = match &settings.master_key {
         Some(path) => MasterKey::from_file(path)?,
         None => match MasterKey::from_env()? {
@@ -295,6 +328,11 @@ fn open_store(settings: &FlashSettings, io: IoMode) -> anyhow::Result<FlashStore
         map_cache_bytes: usize::try_from(settings.map_cache).unwrap_or(usize::MAX),
         datastore: settings.datastore.clone(),
         io,
+        pool: pool.map(|p| PoolConfig {
+            address: p.address,
+            cluster_dir: p.cluster_dir.clone(),
+            host: p.host_name.clone(),
+        }),
     };
     FlashStore::open(&config, &keys)
 }

@@ -1453,6 +1453,100 @@ fn data_survives_repeated_kill_9_and_restart() {
     }
 }
 
+/// Returns true (and says so) unless strata-host runs on a pool
+/// (`STRATA_TEST_POOL=1`).
+fn skip_unless_pool(test: &str) -> bool {
+    if support::pool::pool_mode() && Target::from_env() == Target::StrataHost {
+        return false;
+    }
+    eprintln!("{test}: skipped: needs STRATA_TEST_POOL=1");
+    true
+}
+
+#[test]
+fn a_fresh_host_on_an_empty_flash_reads_every_acknowledged_write() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // The host is stateless: its flash goes with it, and a new host on the
+    // same pool serves every acknowledged write, with writes in flight at
+    // the kill and zeroed ranges included, crash after crash.
+    let size = 32 * MIB;
+    let mut daemon = Daemon::start(VdiskOptions::new(size).writethrough());
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0x57a7);
+    for _ in 0..3 {
+        let in_flight = {
+            let mut client = Client::open(&daemon, 1);
+            let q = client.q();
+            for _ in 0..6 {
+                write_scattered(q, &mut rng, &mut model, 24);
+            }
+            let zero_at = rng.below(size / MIB) * MIB;
+            q.batch(&[Req::WriteZeroes {
+                offset: zero_at,
+                len: MIB,
+                unmap: true,
+            }])
+            .remove(0)
+            .expect("write zeroes");
+            model[zero_at as usize..(zero_at + MIB) as usize].fill(0);
+            let writes = scattered_writes(&mut rng, size, 24);
+            let _pending = q.submit(&Req::writes(&writes));
+            daemon.kill_and_restart_on_empty_flash();
+            writes
+        };
+        check_after_crash(&daemon, &model, &in_flight);
+        // What survived of the in-flight writes is now the content.
+        let mut client = Client::open(&daemon, 1);
+        let q = client.q();
+        for (offset, data) in &in_flight {
+            let got = q.read(*offset, data.len()).expect("read back");
+            model[*offset as usize..*offset as usize + data.len()].copy_from_slice(&got);
+        }
+    }
+}
+
+#[test]
+fn kill_9_of_the_pool_under_load_loses_no_acknowledged_write() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // The pool dies with writes in flight and comes back: the host
+    // reconnects and resends, so every write completes (slowly, never with
+    // an error), and all of them are in the pool: a fresh host on an empty
+    // flash reads them back.
+    let size = 32 * MIB;
+    let mut daemon = Daemon::start(VdiskOptions::new(size).writethrough());
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0x9001);
+    {
+        let mut client = Client::open(&daemon, 1);
+        let q = client.q();
+        for round in 0..4 {
+            write_scattered(q, &mut rng, &mut model, 16);
+            let writes = scattered_writes(&mut rng, size, 32);
+            let in_flight = q.submit(&Req::writes(&writes));
+            daemon.pool().expect("a pool").kill_and_restart();
+            let results = q.reap(
+                &in_flight,
+                Instant::now() + IO_TIMEOUT,
+                "writes across a pool restart",
+            );
+            for (i, r) in results.into_iter().enumerate() {
+                r.unwrap_or_else(|e| {
+                    panic!("round {round}: write {i} failed across the pool's restart: {e:?}")
+                });
+            }
+            for (offset, data) in &writes {
+                model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+            }
+        }
+    }
+    daemon.kill_and_restart_on_empty_flash();
+    check_after_crash(&daemon, &model, &[]);
+}
+
 #[test]
 fn the_cleaner_reclaims_overwritten_data_on_a_small_flash() {
     if skip_unless_strata("the_cleaner_reclaims_overwritten_data_on_a_small_flash")

@@ -40,8 +40,11 @@
 //! |   1 | frame: length `L` u32 (`1..=4168`), then the `L` frame bytes        | `4 + L`     |
 //! |   2 | set: seq u64, vdisk u32, lba u64, count `C` u32 (`>= 1`), then `C` fingerprints of 32 bytes, for blocks `lba..lba + C` | `24 + 32 C` |
 //! |   3 | unmap: seq u64, vdisk u32, lba u64, count u64 (`>= 1`)             | `28`        |
+//! |   4 | vdisk: id u32, block count u64 (`>= 1`), name length `N` u8 (`1..=64`), name (`N` bytes UTF-8) | `14 + N` |
 //!
-//! For set and unmap, `lba + count` must not exceed `2^64`.
+//! For set and unmap, `lba + count` must not exceed `2^64`. A vdisk item
+//! records a vdisk's creation, so a log of batches alone (the pool's NVLOG)
+//! can rebuild every vdisk it names.
 //!
 //! # Checkpoint body
 //!
@@ -83,6 +86,8 @@ pub const TAG_FRAME: u8 = 1;
 pub const TAG_SET: u8 = 2;
 /// Batch item tag: an unmapped range (unmap).
 pub const TAG_UNMAP: u8 = 3;
+/// Batch item tag: a vdisk was created (vdisk).
+pub const TAG_VDISK: u8 = 4;
 
 /// Bytes of a frame item before the frame, tag included.
 const FRAME_FIXED_LEN: usize = 1 + 4;
@@ -323,9 +328,24 @@ impl BatchBuilder {
         self.body.extend_from_slice(&count.to_le_bytes());
     }
 
+    /// Appends a vdisk item: vdisk `id` named `name` (`1..=64` bytes) of
+    /// `block_count` (`>= 1`) blocks exists from here on. A name or count
+    /// outside those bounds makes [`decode_batch`] reject the batch.
+    pub fn push_vdisk(&mut self, id: u32, block_count: u64, name: &str) {
+        self.body.push(TAG_VDISK);
+        self.body.extend_from_slice(&id.to_le_bytes());
+        self.body.extend_from_slice(&block_count.to_le_bytes());
+        write_name(&mut self.body, name);
+    }
+
     /// The body built so far.
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// The body, taken out of the builder.
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
     }
 
     /// Removes every item, keeping the allocation.
@@ -362,6 +382,15 @@ pub enum BatchItem<'a> {
         lba: u64,
         /// Number of blocks.
         count: u64,
+    },
+    /// Vdisk `id` named `name` of `block_count` blocks was created.
+    Vdisk {
+        /// The vdisk's id, as set and unmap items name it.
+        id: u32,
+        /// Its size in blocks (`>= 1`).
+        block_count: u64,
+        /// Its name, `1..=64` bytes of UTF-8.
+        name: String,
     },
 }
 
@@ -432,6 +461,19 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem<'_>>, OndiskError> {
                     vdisk,
                     lba,
                     count,
+                }
+            }
+            TAG_VDISK => {
+                let id = r.u32()?;
+                let block_count = r.u64()?;
+                if block_count == 0 {
+                    return Err(bad("vdisk of zero blocks", 0));
+                }
+                let name = read_name(&mut r, "vdisk", MAX_VDISK_NAME_LEN)?;
+                BatchItem::Vdisk {
+                    id,
+                    block_count,
+                    name,
                 }
             }
             found => return Err(OndiskError::UnknownBatchTag { at, found }),

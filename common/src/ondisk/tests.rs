@@ -3,7 +3,7 @@ use std::collections::HashSet;
 use proptest::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::journal::{MAX_VDISK_NAME_LEN, TAG_FRAME, TAG_SET, TAG_UNMAP};
+use super::journal::{MAX_VDISK_NAME_LEN, TAG_FRAME, TAG_SET, TAG_UNMAP, TAG_VDISK};
 use super::superblock::MAX_DATASTORE_LEN;
 use super::*;
 use crate::fingerprint::Fingerprint;
@@ -1016,6 +1016,11 @@ fn sample_batch() -> (BatchBuilder, Vec<BatchItem<'static>>) {
             fps: vec![fp(9)],
         },
         BatchItem::Frame(&FRAME_A[..1]),
+        BatchItem::Vdisk {
+            id: 7,
+            block_count: u64::MAX,
+            name: "vm1-disk0".into(),
+        },
     ];
     let mut b = BatchBuilder::new();
     for item in &items {
@@ -1039,6 +1044,11 @@ fn push(b: &mut BatchBuilder, item: &BatchItem<'_>) {
             lba,
             count,
         } => b.push_unmap(*seq, *vdisk, *lba, *count),
+        BatchItem::Vdisk {
+            id,
+            block_count,
+            name,
+        } => b.push_vdisk(*id, *block_count, name),
     }
 }
 
@@ -1084,6 +1094,13 @@ fn batch_item_layout() {
     want.extend_from_slice(&1u32.to_le_bytes());
     want.extend_from_slice(fp(5).as_bytes());
     assert_eq!(b.body(), &want[..]);
+    let mut b = BatchBuilder::new();
+    b.push_vdisk(6, 7, "ab");
+    let mut want = vec![TAG_VDISK];
+    want.extend_from_slice(&6u32.to_le_bytes());
+    want.extend_from_slice(&7u64.to_le_bytes());
+    want.extend_from_slice(&[2, b'a', b'b']);
+    assert_eq!(b.body(), &want[..]);
 }
 
 #[test]
@@ -1117,7 +1134,7 @@ fn batch_items_checked() {
     b.push_frame(b"f");
     let at = b.len();
     let mut body = b.body().to_vec();
-    for tag in [0u8, 4, 0xff] {
+    for tag in [0u8, 5, 0xff] {
         body.truncate(at);
         body.push(tag);
         assert_eq!(bad(&body), OndiskError::UnknownBatchTag { at, found: tag });
@@ -1180,6 +1197,33 @@ fn batch_items_checked() {
     let mut b = BatchBuilder::new();
     b.push_unmap(1, 1, 5, u64::MAX - 5);
     assert!(decode_batch(b.body()).is_ok());
+    // Vdisk items: a size and a name within bounds.
+    let mut b = BatchBuilder::new();
+    b.push_vdisk(1, 0, "v");
+    assert!(matches!(
+        bad(b.body()),
+        OndiskError::BadBatchItem {
+            reason: "vdisk of zero blocks",
+            ..
+        }
+    ));
+    for name in [String::new(), "x".repeat(MAX_VDISK_NAME_LEN + 1)] {
+        let mut b = BatchBuilder::new();
+        b.push_vdisk(1, 1, &name);
+        assert!(
+            matches!(bad(b.body()), OndiskError::BadName { what: "vdisk", .. }),
+            "name of {} bytes",
+            name.len()
+        );
+    }
+    let mut body = vec![TAG_VDISK];
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.extend_from_slice(&[2, 0xff, 0xfe]);
+    assert!(matches!(
+        bad(&body),
+        OndiskError::BadName { what: "vdisk", .. }
+    ));
 }
 
 #[test]
@@ -1435,6 +1479,13 @@ fn item_strategy() -> impl Strategy<Value = OwnedItem> {
                 }
             }
         ),
+        (any::<u32>(), 1..=u64::MAX, "[a-z0-9-]{1,64}").prop_map(|(id, block_count, name)| {
+            OwnedItem::Vdisk {
+                id,
+                block_count,
+                name,
+            }
+        }),
     ]
 }
 
@@ -1453,6 +1504,11 @@ enum OwnedItem {
         vdisk: u32,
         lba: u64,
         count: u64,
+    },
+    Vdisk {
+        id: u32,
+        block_count: u64,
+        name: String,
     },
 }
 
@@ -1481,6 +1537,15 @@ impl OwnedItem {
                 vdisk: *vdisk,
                 lba: *lba,
                 count: *count,
+            },
+            OwnedItem::Vdisk {
+                id,
+                block_count,
+                name,
+            } => BatchItem::Vdisk {
+                id: *id,
+                block_count: *block_count,
+                name: name.clone(),
             },
         }
     }

@@ -93,6 +93,8 @@ pub struct Counters {
     pub segments_written: AtomicU64,
     /// Journal records written.
     pub journal_records: AtomicU64,
+    /// Batches made durable in the pool's NVLOG.
+    pub nvlog_records: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
 }

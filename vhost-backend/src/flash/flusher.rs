@@ -13,6 +13,7 @@ use super::core::{Core, SlotState};
 use super::device::PageWriter;
 use super::journal::{record_image, JournalRing, CHECKPOINT_RESERVE};
 use super::{Shared, StoreError};
+use crate::pool::PoolLink;
 
 /// A checkpoint is due when the journal is this full (fraction in percent).
 const CHECKPOINT_JOURNAL_PERCENT: usize = 50;
@@ -31,6 +32,8 @@ pub struct Writer {
     pub last_checkpoint: Instant,
     /// Records written since the last checkpoint.
     pub records_since_checkpoint: u64,
+    /// The pool's NVLOG, when the store has a pool.
+    pub pool: Option<PoolLink>,
 }
 
 /// The flusher thread's body: runs until the store stops, then writes a
@@ -102,13 +105,21 @@ fn checkpoint_due(shared: &Shared, writer: &Writer) -> bool {
     if writer.ring.used() * 100 >= writer.ring.len() * CHECKPOINT_JOURNAL_PERCENT {
         return true;
     }
-    let dirty: usize = shared.vdisks().iter().map(|v| v.map().dirty_bytes()).sum();
-    dirty >= CHECKPOINT_DIRTY_MAP_BYTES
+    maps_need_flush(shared)
         || (writer.records_since_checkpoint > 0
             && writer.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
 }
 
-/// Writes the queued journal batch as one record and publishes it durable.
+/// Whether the maps hold enough unflushed nodes to checkpoint for RAM's sake.
+pub fn maps_need_flush(shared: &Shared) -> bool {
+    let dirty: usize = shared.vdisks().iter().map(|v| v.map().dirty_bytes()).sum();
+    dirty >= CHECKPOINT_DIRTY_MAP_BYTES
+}
+
+/// Makes the queued batch durable and publishes it: in the pool's NVLOG
+/// when the store has a pool (the flash is then a cache, rebuilt from the
+/// pool at start, so its journal holds only checkpoints), else as one
+/// record of the flash's journal.
 pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreError> {
     let core = &*shared.core;
     let (batch, last_seq) = {
@@ -120,6 +131,14 @@ pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreErro
         (batch, state.batch_last_seq)
     };
     core.room.notify_all();
+    if let Some(link) = writer.pool.as_mut() {
+        let pool = link.address();
+        link.append(batch.into_body(), &|| core.lock().stopping)
+            .map_err(|e| StoreError::Pool(format!("NVLOG on pool {pool}: {e:#}")))?;
+        core.counters.nvlog_records.fetch_add(1, Ordering::Relaxed);
+        core.publish_durable(last_seq);
+        return Ok(());
+    }
     let len = strata_common::ondisk::record_len(batch.body().len());
     let pos = match writer.ring.place(len, CHECKPOINT_RESERVE) {
         Some(pos) => pos,

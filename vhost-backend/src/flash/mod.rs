@@ -41,6 +41,7 @@ pub use self::segment::Location;
 use self::vdisk::NodeAccess;
 pub use self::vdisk::StoreVdisk;
 use crate::engine::IoMode;
+use crate::pool::{PoolConfig, PoolLink};
 
 /// How to open or make a flash store.
 #[derive(Debug, Clone)]
@@ -59,6 +60,10 @@ pub struct FlashConfig {
     pub datastore: String,
     /// How to do I/O.
     pub io: IoMode,
+    /// The pool whose NVLOG makes writes durable; `None` for a standalone
+    /// host whose flash journal does. With a pool the flash is a cache:
+    /// formatted afresh and refilled from the pool at every start.
+    pub pool: Option<PoolConfig>,
 }
 
 /// Why a store operation failed.
@@ -102,6 +107,9 @@ pub enum StoreError {
     /// An earlier flash write failed; the store takes no more writes.
     #[error("flash store stopped after an earlier failure: {0}")]
     Failed(Arc<str>),
+    /// The pool's NVLOG did not take a batch.
+    #[error("{0}")]
+    Pool(String),
     /// A broken invariant (a bug).
     #[error("flash store internal error: {0}")]
     Internal(&'static str),
@@ -158,6 +166,10 @@ impl FlashStore {
     /// and recovering an existing one.
     pub fn open(config: &FlashConfig, keys: &FrameKeys) -> anyhow::Result<FlashStore> {
         let started = Instant::now();
+        let mut pool = match &config.pool {
+            Some(pool) => Some(PoolLink::connect(pool)?),
+            None => None,
+        };
         let (device, created) = FlashDevice::open_or_create(&config.path, config.size)?;
         let flash = device.path().display().to_string();
         let mut page0 = crate::engine::buffers::AlignedBuf::new(PAGE, PAGE);
@@ -167,7 +179,11 @@ impl FlashStore {
         let blank = page0.as_slice().iter().all(|&b| b == 0);
         let mut pages = PageWriter::new(&device, config.io)
             .with_context(|| format!("cannot set up io_uring for flash {flash}"))?;
-        let superblock = if created || blank {
+        let fresh = created || blank || pool.is_some();
+        if pool.is_some() && !(created || blank) {
+            tracing::info!(%flash, "host flash is a cache of the pool: formatting it afresh");
+        }
+        let superblock = if fresh {
             let superblock = format_layout(config, device.len())
                 .with_context(|| format!("cannot format flash {flash}"))?;
             let mut image = crate::engine::buffers::AlignedBuf::new(PAGE, PAGE);
@@ -211,18 +227,29 @@ impl FlashStore {
                 ring: JournalRing::new(superblock.journal_len as usize, 0),
                 last_checkpoint: Instant::now(),
                 records_since_checkpoint: 0,
+                pool: None,
             }),
             node_ids: NodeIdKey::new(&keys.dedupe_key),
             node_cache: Arc::new(NodeCache::new(config.map_cache_bytes)),
         });
-        let replayed = if created || blank {
+        let replayed = if fresh {
             let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
             flusher::checkpoint(&shared, &mut writer)
                 .with_context(|| format!("cannot write the first checkpoint on flash {flash}"))?;
-            0
+            drop(writer);
+            match pool.as_mut() {
+                Some(link) => recovery::refill_from_nvlog(&shared, link).with_context(|| {
+                    format!(
+                        "cannot refill flash {flash} from the NVLOG on pool {}",
+                        link.address()
+                    )
+                })?,
+                None => 0,
+            }
         } else {
             recovery::recover(&shared).with_context(|| format!("cannot recover flash {flash}"))?
         };
+        shared.writer.lock().unwrap_or_else(|p| p.into_inner()).pool = pool;
         let flusher = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -270,6 +297,7 @@ impl FlashStore {
         if capacity == 0 || !capacity.is_multiple_of(BLOCK_SIZE as u64) {
             bail!("vdisk {name}: size {capacity} is not a positive multiple of {BLOCK_SIZE} bytes");
         }
+        let block_count = capacity / BLOCK_SIZE as u64;
         let mut writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
         let id = self
             .shared
@@ -278,9 +306,7 @@ impl FlashStore {
             .map(|v| v.id + 1)
             .max()
             .unwrap_or(1);
-        let map = self
-            .shared
-            .open_map(capacity / BLOCK_SIZE as u64, Fingerprint::ZERO);
+        let map = self.shared.open_map(block_count, Fingerprint::ZERO);
         let vdisk = Arc::new(StoreVdisk::new(
             id,
             name.to_string(),
@@ -292,6 +318,12 @@ impl FlashStore {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(vdisk.clone());
+        // Logged before any write to it, so a log replay can create it.
+        self.shared
+            .core
+            .lock()
+            .batch
+            .push_vdisk(id, block_count, name);
         flusher::checkpoint(&self.shared, &mut writer)
             .with_context(|| format!("cannot record new vdisk {name}"))?;
         tracing::info!(vdisk = name, capacity, id, "created vdisk");

@@ -5,18 +5,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
+use strata_common::fingerprint::Fingerprint;
 use strata_common::frame::verify_checksum;
+use strata_common::map::{MapError, Visit, Walk};
 use strata_common::ondisk::{
     decode_batch, decode_summary, BatchBuilder, BatchItem, Checkpoint, EntryKind, RecordKind,
     SegmentHeader, Superblock, PAGE, SEGMENT_HEADER_LEN,
 };
 
-use super::core::{Slot, SlotState, State};
+use super::core::{Slot, SlotState, State, MAX_UNWRITTEN_SEGMENTS};
 use super::journal::{recovered_ring, scan, FoundRecord};
 use super::vdisk::StoreVdisk;
 use super::Shared;
 use crate::engine::buffers::AlignedBuf;
+use crate::pool::PoolLink;
 
 /// The state of a store with every slot free and nothing indexed.
 pub fn empty_state(superblock: &Superblock) -> State {
@@ -85,7 +88,7 @@ pub fn recover(shared: &Shared) -> anyhow::Result<usize> {
         );
     }
 
-    let mut applied = HashMap::new();
+    let mut replay = BatchReplay::new(shared);
     {
         let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
         for v in &cp.vdisks {
@@ -96,56 +99,19 @@ pub fn recover(shared: &Shared) -> anyhow::Result<usize> {
                 map,
                 shared.core.clone(),
             )));
-            applied.insert(v.id, v.applied_seq);
+            replay.applied.insert(v.id, v.applied_seq);
         }
     }
     core.lock().next_seq = cp.next_seq.max(1);
-    let vdisks = shared.vdisks();
-    let mut replayed = 0;
     for record in &chain[1..] {
         if record.header.kind != RecordKind::Batch {
             continue;
         }
-        let items = decode_batch(&record.body)
-            .with_context(|| format!("journal record {} is damaged", record.header.rec_no))?;
-        for item in items {
-            let (seq, vdisk_id) = match &item {
-                BatchItem::Frame(frame) => {
-                    replay_frame(shared, frame);
-                    continue;
-                }
-                BatchItem::Set { seq, vdisk, .. } | BatchItem::Unmap { seq, vdisk, .. } => {
-                    (*seq, *vdisk)
-                }
-            };
-            {
-                let mut state = core.lock();
-                state.next_seq = state.next_seq.max(seq + 1);
-            }
-            let Some(vdisk) = vdisks.iter().find(|v| v.id == vdisk_id) else {
-                tracing::warn!(
-                    vdisk_id,
-                    seq,
-                    "journal names an unknown vdisk; update skipped"
-                );
-                continue;
-            };
-            if seq <= applied.get(&vdisk_id).copied().unwrap_or(0) {
-                continue;
-            }
-            let mut map = vdisk.map_mut();
-            let result = match item {
-                BatchItem::Set { lba, fps, .. } => {
-                    let updates: Vec<_> = (lba..).zip(fps).collect();
-                    map.set(&updates)
-                }
-                BatchItem::Unmap { lba, count, .. } => map.zero_range(lba, count),
-                BatchItem::Frame(_) => Ok(()),
-            };
-            result.with_context(|| format!("vdisk {}: replaying update {seq}", vdisk.name))?;
-            replayed += 1;
-        }
+        replay
+            .apply(&record.body)
+            .with_context(|| format!("journal record {}", record.header.rec_no))?;
     }
+    let replayed = replay.updates;
     let last_seq = core.lock().next_seq - 1;
     core.publish_durable(last_seq);
     let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -158,23 +124,197 @@ pub fn recover(shared: &Shared) -> anyhow::Result<usize> {
     Ok(replayed)
 }
 
-/// Puts a frame from the journal back into the store, unless it is there.
-fn replay_frame(shared: &Shared, frame: &[u8]) {
+/// Fills a freshly formatted store from this host's NVLOG on the pool, in
+/// two passes over the log: the first rebuilds every vdisk and its map
+/// from the log's vdisk, set and unmap items; the second stores only the
+/// frames those maps still reference (a log holding many overwrites of the
+/// same blocks may be larger than the flash). Returns the number of map
+/// updates applied.
+pub fn refill_from_nvlog(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<usize> {
     let core = &*shared.core;
-    let header = match verify_checksum(frame) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "journal frame fails its checksum; skipped");
-            return;
+    let mut replay = BatchReplay::new(shared);
+    replay.store_frames = false;
+    link.replay(|seq, payload| {
+        replay
+            .apply(payload)
+            .with_context(|| format!("NVLOG record {seq}"))?;
+        if super::flusher::maps_need_flush(shared) {
+            let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            super::flusher::checkpoint(shared, &mut writer)?;
         }
-    };
+        Ok(())
+    })?;
+    let updates = replay.updates;
+
+    let mut wanted: FxHashSet<Fingerprint> = FxHashSet::default();
+    for vdisk in shared.vdisks() {
+        vdisk
+            .map()
+            .visit(|visit| {
+                if let Visit::Block { fingerprint, .. } = visit {
+                    wanted.insert(fingerprint);
+                }
+                Ok::<_, MapError>(Walk::Continue)
+            })
+            .with_context(|| format!("vdisk {}: listing its blocks", vdisk.name))?;
+    }
+    let frames_wanted = wanted.len();
+    link.replay(|seq, payload| {
+        let items = decode_batch(payload).with_context(|| format!("NVLOG record {seq}"))?;
+        for item in items {
+            if let BatchItem::Frame(frame) = item {
+                let header = verify_checksum(frame)
+                    .with_context(|| format!("NVLOG record {seq}: a damaged frame"))?;
+                if wanted.remove(&header.fingerprint) {
+                    store_frame(shared, header.fingerprint, frame)?;
+                }
+            }
+        }
+        if core.lock().unwritten.len() >= MAX_UNWRITTEN_SEGMENTS {
+            let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            super::flusher::write_segments(core, &mut writer)?;
+        }
+        Ok(())
+    })?;
+    if !wanted.is_empty() {
+        bail!(
+            "the NVLOG lacks {} of the {frames_wanted} blocks its vdisks reference",
+            wanted.len()
+        );
+    }
+    let last_seq = core.lock().next_seq - 1;
+    core.publish_durable(last_seq);
+    let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+    super::flusher::checkpoint(shared, &mut writer)
+        .context("cannot checkpoint after the refill")?;
+    tracing::info!(
+        updates,
+        frames = frames_wanted,
+        "refilled the flash from the NVLOG"
+    );
+    Ok(updates)
+}
+
+/// Applies batch bodies (from the journal, or the pool's NVLOG) to the
+/// store: frames it lacks are stored, vdisks it lacks are created, and map
+/// updates newer than what each vdisk already reflects are applied.
+pub struct BatchReplay<'a> {
+    shared: &'a Shared,
+    /// Per vdisk id, the highest update sequence its map already reflects.
+    applied: HashMap<u32, u64>,
+    /// Map updates applied so far.
+    pub updates: usize,
+    /// Whether frame items are stored (else skipped).
+    pub store_frames: bool,
+}
+
+impl<'a> BatchReplay<'a> {
+    /// A replay into `shared`, whose vdisks reflect nothing yet.
+    pub fn new(shared: &'a Shared) -> BatchReplay<'a> {
+        BatchReplay {
+            shared,
+            applied: HashMap::new(),
+            updates: 0,
+            store_frames: true,
+        }
+    }
+
+    /// Applies one batch body.
+    pub fn apply(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let core = &*shared.core;
+        let items = decode_batch(body).context("damaged batch")?;
+        for item in items {
+            let (seq, vdisk_id) = match &item {
+                BatchItem::Frame(frame) => {
+                    if self.store_frames {
+                        let header = verify_checksum(frame).context("a damaged frame")?;
+                        store_frame(shared, header.fingerprint, frame)?;
+                    }
+                    continue;
+                }
+                BatchItem::Vdisk {
+                    id,
+                    block_count,
+                    name,
+                } => {
+                    self.create_vdisk(*id, *block_count, name)?;
+                    continue;
+                }
+                BatchItem::Set { seq, vdisk, .. } | BatchItem::Unmap { seq, vdisk, .. } => {
+                    (*seq, *vdisk)
+                }
+            };
+            {
+                let mut state = core.lock();
+                state.next_seq = state.next_seq.max(seq + 1);
+            }
+            let vdisk = shared.vdisks().into_iter().find(|v| v.id == vdisk_id);
+            let Some(vdisk) = vdisk else {
+                tracing::warn!(
+                    vdisk_id,
+                    seq,
+                    "batch names an unknown vdisk; update skipped"
+                );
+                continue;
+            };
+            if seq <= self.applied.get(&vdisk_id).copied().unwrap_or(0) {
+                continue;
+            }
+            let mut map = vdisk.map_mut();
+            let result = match item {
+                BatchItem::Set { lba, fps, .. } => {
+                    let updates: Vec<_> = (lba..).zip(fps).collect();
+                    map.set(&updates)
+                }
+                BatchItem::Unmap { lba, count, .. } => map.zero_range(lba, count),
+                BatchItem::Frame(_) | BatchItem::Vdisk { .. } => Ok(()),
+            };
+            result.with_context(|| format!("vdisk {}: replaying update {seq}", vdisk.name))?;
+            self.updates += 1;
+        }
+        Ok(())
+    }
+
+    /// Creates vdisk `id` unless the store has it (its checkpoint came
+    /// first); a different vdisk under the same id or name is damage.
+    fn create_vdisk(&mut self, id: u32, block_count: u64, name: &str) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = vdisks.iter().find(|v| v.id == id || v.name == name) {
+            if v.id != id || v.name != name || v.block_count != block_count {
+                bail!(
+                    "batch creates vdisk {name} (id {id}, {block_count} blocks), but the store has {} (id {}, {} blocks)",
+                    v.name,
+                    v.id,
+                    v.block_count
+                );
+            }
+            return Ok(());
+        }
+        let map = shared.open_map(block_count, Fingerprint::ZERO);
+        vdisks.push(Arc::new(StoreVdisk::new(
+            id,
+            name.to_string(),
+            map,
+            shared.core.clone(),
+        )));
+        vdisks.sort_by_key(|v| v.id);
+        self.applied.insert(id, 0);
+        Ok(())
+    }
+}
+
+/// Puts a checked frame from a batch back into the store, unless it is
+/// there.
+fn store_frame(shared: &Shared, fingerprint: Fingerprint, frame: &[u8]) -> anyhow::Result<()> {
+    let core = &*shared.core;
     let mut state = core.lock();
-    if state.index.contains_key(&header.fingerprint) {
-        return;
+    if !state.index.contains_key(&fingerprint) {
+        core.append(&mut state, fingerprint, EntryKind::Frame, frame)
+            .context("cannot store a replayed frame")?;
     }
-    if let Err(e) = core.append(&mut state, header.fingerprint, EntryKind::Frame, frame) {
-        tracing::error!(error = %e, "cannot store a replayed frame");
-    }
+    Ok(())
 }
 
 /// Reads every slot's header and summary into the index.

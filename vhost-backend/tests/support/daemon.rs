@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::data::pattern;
+use super::pool::{pool_mode, PoolNode};
 
 /// Size of the [`VdiskOptions::probe_disk`] image.
 pub const DISK_SIZE: u64 = 16 << 20;
@@ -246,6 +247,8 @@ pub struct Daemon {
     args: Vec<String>,
     /// The daemon's stdout and stderr.
     log: PathBuf,
+    /// The pool strata-host writes through (`STRATA_TEST_POOL=1`).
+    pool: Option<PoolNode>,
     /// Keeps the images, sockets and log alive for the daemon's lifetime.
     _dir: TempDir,
 }
@@ -292,10 +295,16 @@ impl Daemon {
         for vdisk in &vdisks {
             vdisk.prepare_image(target);
         }
-        if target == Target::StrataHost && kind == Kind::Strata {
-            preset_strata_vdisks(&vdisks, dir.path());
+        let on_pool = target == Target::StrataHost && kind == Kind::Strata && pool_mode();
+        let pool = on_pool.then(|| PoolNode::start(dir.path()));
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(pool) = &pool {
+            args.extend(pool.host_args());
         }
-        let mut daemon = Daemon::spawn(target, kind, vdisks, dir, args);
+        if target == Target::StrataHost && kind == Kind::Strata {
+            preset_strata_vdisks(&vdisks, dir.path(), &args);
+        }
+        let mut daemon = Daemon::spawn(target, kind, vdisks, dir, args, pool);
         daemon.wait_for_sockets();
         daemon
     }
@@ -305,9 +314,9 @@ impl Daemon {
         kind: Kind,
         vdisks: Vec<Vdisk>,
         dir: TempDir,
-        args: &[&str],
+        args: Vec<String>,
+        pool: Option<PoolNode>,
     ) -> Daemon {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let log = dir.path().join("daemon.log");
         let child = launch(target, kind, &vdisks, dir.path(), &args, &log);
         Daemon {
@@ -317,8 +326,24 @@ impl Daemon {
             vdisks,
             args,
             log,
+            pool,
             _dir: dir,
         }
+    }
+
+    /// The pool strata-host writes through, when `STRATA_TEST_POOL=1`.
+    pub fn pool(&mut self) -> Option<&mut PoolNode> {
+        self.pool.as_mut()
+    }
+
+    /// Kills strata-host with SIGKILL, deletes its flash (a host that died
+    /// with its disk, or a VM moved to a new host), and starts a fresh one
+    /// on the same pool; returns once its sockets are back.
+    pub fn kill_and_restart_on_empty_flash(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the killed daemon");
+        fs::remove_file(self._dir.path().join("flash.img")).expect("deleting the flash");
+        self.relaunch();
     }
 
     /// Kills the daemon with SIGKILL (no chance to finish anything) and
@@ -327,6 +352,12 @@ impl Daemon {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaping the killed daemon");
+        self.relaunch();
+    }
+
+    /// Starts the daemon again after it died, on the same images, flash
+    /// store and flags; returns once its sockets are back.
+    fn relaunch(&mut self) {
         for vdisk in &self.vdisks {
             // The killed daemon could not remove its sockets.
             let _ = fs::remove_file(&vdisk.socket);
@@ -494,7 +525,7 @@ fn launch(
 /// Gives strata vdisks their preset content: a writable strata-host on the
 /// same flash store takes the writes and stops cleanly before the daemon
 /// under test starts (which may be read-only).
-fn preset_strata_vdisks(vdisks: &[Vdisk], dir: &Path) {
+fn preset_strata_vdisks(vdisks: &[Vdisk], dir: &Path, args: &[String]) {
     if vdisks.iter().all(|v| v.options.preset.is_empty()) {
         return;
     }
@@ -511,7 +542,7 @@ fn preset_strata_vdisks(vdisks: &[Vdisk], dir: &Path) {
         })
         .collect();
     let log = dir.join("preset.log");
-    let mut child = launch(Target::StrataHost, Kind::Strata, &writable, dir, &[], &log);
+    let mut child = launch(Target::StrataHost, Kind::Strata, &writable, dir, args, &log);
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while !writable.iter().all(|v| v.socket.exists()) {
         let log_text = || fs::read_to_string(&log).unwrap_or_default();

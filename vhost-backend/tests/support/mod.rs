@@ -7,6 +7,8 @@
 //!   for its exit, and running strata-host to its exit.
 //! - [`preset`]: writing initial content through a running daemon (for
 //!   `strata` vdisks, which have no image file to prepare).
+//! - [`pool`]: a `strata-pool` strata-host writes through, when
+//!   `STRATA_TEST_POOL=1`.
 //! - [`data`]: deterministic pseudo-random test data and byte comparisons.
 //! - [`vhost_frontend`]: a scriptable vhost-user-blk frontend that can put
 //!   arbitrary (including malformed) descriptor chains on a virtqueue.
@@ -20,5 +22,6 @@
 
 pub mod daemon;
 pub mod data;
+pub mod pool;
 pub mod preset;
 pub mod vhost_frontend;

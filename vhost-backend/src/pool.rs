@@ -1,0 +1,184 @@
+//! The host's link to the pool node: its NVLOG, written before a write is
+//! acknowledged and replayed when a host starts.
+//!
+//! The link is synchronous for its one caller, the flash store's flusher:
+//! [`PoolLink::append`] returns once the pool has made the batch durable.
+//! A lost connection (the pool restarting, a network blip) is not an error:
+//! the link reconnects, asks the pool how far its log got, and sends again
+//! only what the pool does not hold, so the guest sees a slow write, never a
+//! failed one. Only an answer the pool gives on purpose (a sequence clash,
+//! a batch it will never take) fails the append.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use rustls::ClientConfig;
+use strata_common::pki::ClusterDir;
+use strata_common::wire::{code, Request, Response};
+use strata_pool::client::PoolClient;
+use tokio::runtime::Runtime;
+
+/// First wait before reconnecting to the pool; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where the pool is and who this host is to it.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The pool node's address.
+    pub address: SocketAddr,
+    /// The cluster directory with the CA and this host's certificate.
+    pub cluster_dir: PathBuf,
+    /// This host's name: its certificate's and its NVLOG's.
+    pub host: String,
+}
+
+/// An open connection to the pool's NVLOG for this host.
+pub struct PoolLink {
+    runtime: Runtime,
+    tls: Arc<ClientConfig>,
+    config: PoolConfig,
+    client: Option<PoolClient>,
+    /// The sequence number the next record gets.
+    next_seq: u64,
+}
+
+impl PoolLink {
+    /// Connects to the pool (failing at once if it cannot: a host should not
+    /// start without its log).
+    pub fn connect(config: &PoolConfig) -> anyhow::Result<PoolLink> {
+        let cluster = ClusterDir::new(&config.cluster_dir);
+        let tls = strata_common::tls::client_config(&cluster, &config.host).with_context(|| {
+            format!(
+                "host {} in cluster directory {}",
+                config.host,
+                config.cluster_dir.display()
+            )
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the pool link's runtime")?;
+        let client = runtime
+            .block_on(PoolClient::connect(config.address, tls.clone()))
+            .with_context(|| format!("host {}", config.host))?;
+        Ok(PoolLink {
+            runtime,
+            tls,
+            config: config.clone(),
+            client: Some(client),
+            next_seq: 1,
+        })
+    }
+
+    /// The pool's address.
+    pub fn address(&self) -> SocketAddr {
+        self.config.address
+    }
+
+    /// Hands every record of this host's NVLOG to `each`, oldest first, and
+    /// sets the next append's sequence number after the last.
+    pub fn replay(
+        &mut self,
+        mut each: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected to pool {}", self.config.address))?;
+        let last_seq = self
+            .runtime
+            .block_on(client.replay_each(1, |seq, payload| each(seq, &payload)))
+            .with_context(|| format!("replaying the NVLOG of host {}", self.config.host))?;
+        self.next_seq = last_seq + 1;
+        Ok(())
+    }
+
+    /// Appends `payload` as the next record and returns once the pool made
+    /// it durable. Reconnects as often as needed; gives up only when the
+    /// pool refuses the record, or when `abandon` says the caller no longer
+    /// waits (the store is stopping).
+    pub fn append(&mut self, payload: Vec<u8>, abandon: &dyn Fn() -> bool) -> anyhow::Result<()> {
+        let seq = self.next_seq;
+        let request = Request::Append { seq, payload };
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.try_append(seq, &request) {
+                Ok(Attempt::Durable) => {
+                    self.next_seq = seq + 1;
+                    return Ok(());
+                }
+                Ok(Attempt::Refused(reason)) => return Err(reason),
+                Ok(Attempt::Retry(reason)) | Err(reason) => {
+                    self.client = None;
+                    if abandon() {
+                        return Err(reason.context("the store is stopping"));
+                    }
+                    tracing::warn!(pool = %self.config.address, host = %self.config.host, seq,
+                        error = format!("{reason:#}"), retry_in_ms = backoff.as_millis() as u64,
+                        "NVLOG append not acknowledged; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One try at making record `seq` durable, on the current connection or
+    /// a new one.
+    fn try_append(&mut self, seq: u64, request: &Request) -> anyhow::Result<Attempt> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => {
+                let mut client = self
+                    .runtime
+                    .block_on(PoolClient::connect(self.config.address, self.tls.clone()))?;
+                // The record may have become durable before the connection
+                // broke: then it must not be sent again.
+                let last = self.runtime.block_on(client.last_seq())?;
+                if last >= seq {
+                    self.client = Some(client);
+                    return Ok(Attempt::Durable);
+                }
+                tracing::info!(pool = %self.config.address, host = %self.config.host, "reconnected to the pool");
+                client
+            }
+        };
+        let client = self.client.insert(client);
+        let response = self.runtime.block_on(client.call(request))?;
+        Ok(match response {
+            Response::Appended { seq: s } if s == seq => Attempt::Durable,
+            Response::Error {
+                code: code::STORAGE,
+                message,
+            } => Attempt::Retry(anyhow!("pool storage error: {message}")),
+            Response::Error {
+                code: code::STALE_SEQUENCE,
+                message,
+            } => Attempt::Refused(anyhow!(
+                "pool {} refused NVLOG record {seq} of host {}: {message} (is another strata-host using this host's identity?)",
+                self.config.address,
+                self.config.host
+            )),
+            other => Attempt::Refused(anyhow!(
+                "pool {} answered NVLOG record {seq} of host {} with {other:?}",
+                self.config.address,
+                self.config.host
+            )),
+        })
+    }
+}
+
+/// How one try at an append ended.
+enum Attempt {
+    /// The record is durable.
+    Durable,
+    /// Try again on a new connection.
+    Retry(anyhow::Error),
+    /// The pool will never take it.
+    Refused(anyhow::Error),
+}
