@@ -24,6 +24,12 @@
 #   BASELINE=file   target the ratios are computed against (strata, raw, qsd or
 #                   file), unless --baseline is among the flags
 #   NO_BUILD=1      do not run `cargo build --release` first
+#   POOL=1          strata-host writes through a strata-pool started for the
+#                   run (NVLOG and data in IMAGE.pool); otherwise standalone
+#   CACHE=writethrough  the daemons complete a write only once it is
+#                   durable: strata and raw vdisks get cache=writethrough and
+#                   qsd exports with writethrough=on (the file target is
+#                   unchanged: compare writes among the daemons)
 #
 # The targets are named strata, raw, qsd and file. The strata vdisk is
 # written once end to end with unique data before the run (a fresh flash
@@ -48,13 +54,21 @@ queues=${DAEMON_QUEUES:-4}
 baseline=${BASELINE:-file}
 
 if [[ -z ${NO_BUILD:-} ]]; then
-    (cd "$repo" && cargo build --release -p strata-tools -p strata-host)
+    (cd "$repo" && cargo build --release -p strata-tools -p strata-host -p strata-pool)
 fi
 target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 target_dir=${target_dir:-$repo/target}
 bench=$target_dir/release/strata-bench
 host=$target_dir/release/strata-host
+pool=$target_dir/release/strata-pool
+strata=$target_dir/release/strata
+cache=${CACHE:-writeback}
+case $cache in
+writeback) qsd_writethrough=off ;;
+writethrough) qsd_writethrough=on ;;
+*) echo "bench-compare: CACHE=$cache: expected writeback or writethrough" >&2; exit 2 ;;
+esac
 [[ -x $bench ]] || { echo "bench-compare: $bench not built" >&2; exit 1; }
 command -v qemu-storage-daemon >/dev/null ||
     { echo "bench-compare: qemu-storage-daemon not found in PATH" >&2; exit 1; }
@@ -78,7 +92,7 @@ cleanup() {
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$workdir" "$flash"
+    rm -rf "$workdir" "$flash" "$pool_dir"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -107,20 +121,50 @@ strata_sock=$workdir/strata.sock
 raw_sock=$workdir/raw.sock
 qsd_sock=$workdir/qsd.sock
 flash=$image.flash
+pool_dir=$image.pool
 bytes=$(stat -c %s "$image")
+
+pool_args=()
+if [[ -n ${POOL:-} ]]; then
+    # A pool on the same disk as the image, with room for every write of
+    # the run: the NVLOG is not yet truncated (no destage yet).
+    rm -rf "$pool_dir"
+    "$strata" --cluster-dir "$workdir/cluster" init >/dev/null
+    "$strata" --cluster-dir "$workdir/cluster" host add bench >/dev/null
+    "$pool" --listen 127.0.0.1:0 --data-dir "$pool_dir" --cluster-dir "$workdir/cluster" \
+        --nvlog-quota 64G >"$workdir/pool.log" 2>&1 &
+    pids+=($!)
+    deadline=$((SECONDS + 10))
+    until pool_addr=$(sed -n 's/^strata-pool: listening on //p' "$workdir/pool.log") && [[ -n $pool_addr ]]; do
+        if ! kill -0 "${pids[-1]}" 2>/dev/null || ((SECONDS >= deadline)); then
+            echo "bench-compare: strata-pool did not start:" >&2
+            tail -n 20 "$workdir/pool.log" >&2 || true
+            exit 1
+        fi
+        sleep 0.05
+    done
+    pool_args=(--pool "$pool_addr" --cluster-dir "$workdir/cluster" --host-name bench)
+fi
 
 if [[ -x $host ]]; then
     rm -f "$flash"
     "$host" --flash "$flash" --flash-size $((bytes * 2 + (1 << 30))) \
-        --key-dir "$workdir/keys" --control-socket "$workdir/control.sock" \
-        --vdisk "name=bench,size=$bytes,socket=$strata_sock,queues=$queues" \
-        --vdisk "name=raw,kind=raw,path=$image,socket=$raw_sock,queues=$queues" \
+        --key-dir "$workdir/keys" --control-socket "$workdir/control.sock" "${pool_args[@]}" \
+        --vdisk "name=bench,size=$bytes,socket=$strata_sock,queues=$queues,cache=$cache" \
+        --vdisk "name=raw,kind=raw,path=$image,socket=$raw_sock,queues=$queues,cache=$cache" \
         >"$workdir/strata.log" 2>&1 &
     pids+=($!)
     if wait_for_socket "$!" "$strata_sock" "$workdir/strata.log" strata-host; then
         echo "bench-compare: writing the strata vdisk once with unique data" >&2
         "$bench" run --target "vhost-user:$strata_sock" --rw write --bs 256k --iodepth 8 \
             --pattern unique --verify --verify-passes write >/dev/null
+        if [[ -n ${POOL:-} ]]; then
+            # The fill wrote every block once with unique data: what the
+            # NVLOG took for it is what a host sends the pool per block.
+            logged=$(cat "$pool_dir"/nvlog/bench/*.log | wc -c)
+            per_block=$(awk -v l="$logged" -v b="$((bytes / 4096))" 'BEGIN { printf "%.1f", l / b }')
+            echo "bench-compare: the fill put $logged NVLOG bytes on the pool for $((bytes / 4096)) unique 4 KiB blocks: $per_block bytes per 4 KiB" >&2
+        fi
     fi
 else
     echo "bench-compare: $host not built; the strata rows will fail" >&2
@@ -129,7 +173,7 @@ fi
 # locking=off: strata-host has the same file open.
 qemu-storage-daemon \
     --blockdev "driver=file,node-name=f,filename=$image,cache.direct=on,aio=io_uring,locking=off" \
-    --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$qsd_sock,writable=on,num-queues=$queues" \
+    --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$qsd_sock,writable=on,writethrough=$qsd_writethrough,num-queues=$queues" \
     >"$workdir/qsd.log" 2>&1 &
 pids+=($!)
 wait_for_socket "$!" "$qsd_sock" "$workdir/qsd.log" qemu-storage-daemon || exit 1

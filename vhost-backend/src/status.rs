@@ -93,6 +93,8 @@ pub struct CounterStatus {
     pub segments_written: u64,
     /// Journal records written.
     pub journal_records: u64,
+    /// Batches made durable in the pool's NVLOG.
+    pub nvlog_records: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
 }
@@ -208,6 +210,7 @@ pub fn collect(
         bad_frames: store.bad_frames(),
         segments_written: load(&counters.segments_written),
         journal_records: load(&counters.journal_records),
+        nvlog_records: load(&counters.nvlog_records),
         checkpoints: load(&counters.checkpoints),
     };
 
@@ -407,13 +410,14 @@ pub fn render(status: &HostStatus) -> String {
     let _ = writeln!(
         out,
         "  counters  dedupe hits {}, frames appended {} ({}), bad frames {}, segments written {}, \
-         journal records {}, checkpoints {}",
+         journal records {}, NVLOG records {}, checkpoints {}",
         c.dedupe_hits,
         c.frames_appended,
         human_bytes(c.frame_bytes_appended),
         c.bad_frames,
         c.segments_written,
         c.journal_records,
+        c.nvlog_records,
         c.checkpoints
     );
     let _ = writeln!(out);

@@ -1336,6 +1336,19 @@ fn write_scattered(q: &mut Queue, rng: &mut TestRng, model: &mut [u8], count: us
     }
 }
 
+/// Zeroes (with unmap) one random MiB-aligned MiB and applies it to `model`.
+fn zero_random_mib(q: &mut Queue, rng: &mut TestRng, model: &mut [u8]) {
+    let zero_at = rng.below(model.len() as u64 / MIB) * MIB;
+    q.batch(&[Req::WriteZeroes {
+        offset: zero_at,
+        len: MIB,
+        unmap: true,
+    }])
+    .remove(0)
+    .expect("write zeroes");
+    model[zero_at as usize..(zero_at + MIB) as usize].fill(0);
+}
+
 /// Checks the whole disk after a crash: every sector equals `durable`,
 /// except sectors that a write in `maybe` touched, which may instead hold
 /// that write's bytes (it was not yet promised to be durable).
@@ -1438,15 +1451,7 @@ fn data_survives_repeated_kill_9_and_restart() {
             let q = client.q();
             write_scattered(q, &mut rng, &mut model, 32);
             // Zeroed ranges must stay zero through recovery too.
-            let zero_at = rng.below(size / MIB) * MIB;
-            q.batch(&[Req::WriteZeroes {
-                offset: zero_at,
-                len: MIB,
-                unmap: true,
-            }])
-            .remove(0)
-            .expect("write zeroes");
-            model[zero_at as usize..(zero_at + MIB) as usize].fill(0);
+            zero_random_mib(q, &mut rng, &mut model);
         }
         daemon.kill_and_restart();
         check_after_crash(&daemon, &model, &[]);
@@ -1482,15 +1487,7 @@ fn a_fresh_host_on_an_empty_flash_reads_every_acknowledged_write() {
             for _ in 0..6 {
                 write_scattered(q, &mut rng, &mut model, 24);
             }
-            let zero_at = rng.below(size / MIB) * MIB;
-            q.batch(&[Req::WriteZeroes {
-                offset: zero_at,
-                len: MIB,
-                unmap: true,
-            }])
-            .remove(0)
-            .expect("write zeroes");
-            model[zero_at as usize..(zero_at + MIB) as usize].fill(0);
+            zero_random_mib(q, &mut rng, &mut model);
             let writes = scattered_writes(&mut rng, size, 24);
             let _pending = q.submit(&Req::writes(&writes));
             daemon.kill_and_restart_on_empty_flash();

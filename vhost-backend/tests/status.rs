@@ -410,11 +410,31 @@ fn status_command_prints_a_summary_or_the_json() {
         "bad_frames",
         "segments_written",
         "journal_records",
+        "nvlog_records",
         "checkpoints",
     ] {
         assert!(
             json["counters"].get(field).is_some(),
             "counters.{field} missing"
+        );
+    }
+    // The writes' batches went to the pool's NVLOG when there is a pool
+    // (the flash journal then holds only checkpoints), else to the journal.
+    let (journal, nvlog, checkpoints) = (
+        num(&json["counters"], "journal_records"),
+        num(&json["counters"], "nvlog_records"),
+        num(&json["counters"], "checkpoints"),
+    );
+    let batches_in_journal = journal - checkpoints;
+    if support::pool::pool_mode() {
+        assert!(
+            nvlog > 0 && batches_in_journal == 0,
+            "journal batches {batches_in_journal}, NVLOG {nvlog}"
+        );
+    } else {
+        assert!(
+            batches_in_journal > 0 && nvlog == 0,
+            "journal batches {batches_in_journal}, NVLOG {nvlog}"
         );
     }
 
