@@ -206,6 +206,8 @@ pub struct BatchReplay<'a> {
     pub updates: usize,
     /// Whether frame items are stored (else skipped).
     pub store_frames: bool,
+    /// The store's vdisks by id, refreshed when an id is missing.
+    by_id: FxHashMap<u32, Arc<StoreVdisk>>,
 }
 
 impl<'a> BatchReplay<'a> {
@@ -216,7 +218,21 @@ impl<'a> BatchReplay<'a> {
             applied: HashMap::new(),
             updates: 0,
             store_frames: true,
+            by_id: FxHashMap::default(),
         }
+    }
+
+    /// Vdisk `id` of the store, if it has one.
+    fn vdisk(&mut self, id: u32) -> Option<Arc<StoreVdisk>> {
+        if !self.by_id.contains_key(&id) {
+            self.by_id = self
+                .shared
+                .vdisks()
+                .into_iter()
+                .map(|v| (v.id, v))
+                .collect();
+        }
+        self.by_id.get(&id).cloned()
     }
 
     /// Applies one batch body.
@@ -249,8 +265,7 @@ impl<'a> BatchReplay<'a> {
                 let mut state = core.lock();
                 state.next_seq = state.next_seq.max(seq + 1);
             }
-            let vdisk = shared.vdisks().into_iter().find(|v| v.id == vdisk_id);
-            let Some(vdisk) = vdisk else {
+            let Some(vdisk) = self.vdisk(vdisk_id) else {
                 tracing::warn!(
                     vdisk_id,
                     seq,
