@@ -32,7 +32,6 @@ use crate::control::ControlServer;
 use crate::engine::strata::StrataEngine;
 use crate::engine::{Engine, IoMode, RawImage};
 use crate::flash::{FlashConfig, FlashStore};
-use crate::pool::PoolConfig;
 use crate::server::VdiskServer;
 use crate::vdisk::Vdisk;
 
@@ -328,11 +327,7 @@ fn open_store(
         map_cache_bytes: usize::try_from(settings.map_cache).unwrap_or(usize::MAX),
         datastore: settings.datastore.clone(),
         io,
-        pool: pool.map(|p| PoolConfig {
-            address: p.address,
-            cluster_dir: p.cluster_dir.clone(),
-            host: p.host_name.clone(),
-        }),
+        pool: pool.cloned(),
     };
     FlashStore::open(&config, &keys)
 }

@@ -10,12 +10,12 @@
 //! a batch it will never take) fails the append.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use rustls::ClientConfig;
+use strata_common::config::PoolSettings;
 use strata_common::pki::ClusterDir;
 use strata_common::wire::{code, Request, Response};
 use strata_pool::client::PoolClient;
@@ -26,22 +26,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Where the pool is and who this host is to it.
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    /// The pool node's address.
-    pub address: SocketAddr,
-    /// The cluster directory with the CA and this host's certificate.
-    pub cluster_dir: PathBuf,
-    /// This host's name: its certificate's and its NVLOG's.
-    pub host: String,
-}
-
 /// An open connection to the pool's NVLOG for this host.
 pub struct PoolLink {
     runtime: Runtime,
     tls: Arc<ClientConfig>,
-    config: PoolConfig,
+    config: PoolSettings,
     client: Option<PoolClient>,
     /// The sequence number the next record gets.
     next_seq: u64,
@@ -50,22 +39,23 @@ pub struct PoolLink {
 impl PoolLink {
     /// Connects to the pool (failing at once if it cannot: a host should not
     /// start without its log).
-    pub fn connect(config: &PoolConfig) -> anyhow::Result<PoolLink> {
+    pub fn connect(config: &PoolSettings) -> anyhow::Result<PoolLink> {
         let cluster = ClusterDir::new(&config.cluster_dir);
-        let tls = strata_common::tls::client_config(&cluster, &config.host).with_context(|| {
-            format!(
-                "host {} in cluster directory {}",
-                config.host,
-                config.cluster_dir.display()
-            )
-        })?;
+        let tls =
+            strata_common::tls::client_config(&cluster, &config.host_name).with_context(|| {
+                format!(
+                    "host {} in cluster directory {}",
+                    config.host_name,
+                    config.cluster_dir.display()
+                )
+            })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the pool link's runtime")?;
         let client = runtime
             .block_on(PoolClient::connect(config.address, tls.clone()))
-            .with_context(|| format!("host {}", config.host))?;
+            .with_context(|| format!("host {}", config.host_name))?;
         Ok(PoolLink {
             runtime,
             tls,
@@ -93,7 +83,7 @@ impl PoolLink {
         let last_seq = self
             .runtime
             .block_on(client.replay_each(1, |seq, payload| each(seq, &payload)))
-            .with_context(|| format!("replaying the NVLOG of host {}", self.config.host))?;
+            .with_context(|| format!("replaying the NVLOG of host {}", self.config.host_name))?;
         self.next_seq = last_seq + 1;
         Ok(())
     }
@@ -118,7 +108,7 @@ impl PoolLink {
                     if abandon() {
                         return Err(reason.context("the store is stopping"));
                     }
-                    tracing::warn!(pool = %self.config.address, host = %self.config.host, seq,
+                    tracing::warn!(pool = %self.config.address, host = %self.config.host_name, seq,
                         error = format!("{reason:#}"), retry_in_ms = backoff.as_millis() as u64,
                         "NVLOG append not acknowledged; retrying");
                     std::thread::sleep(backoff);
@@ -144,7 +134,7 @@ impl PoolLink {
                     self.client = Some(client);
                     return Ok(Attempt::Durable);
                 }
-                tracing::info!(pool = %self.config.address, host = %self.config.host, "reconnected to the pool");
+                tracing::info!(pool = %self.config.address, host = %self.config.host_name, "reconnected to the pool");
                 client
             }
         };
@@ -162,12 +152,12 @@ impl PoolLink {
             } => Attempt::Refused(anyhow!(
                 "pool {} refused NVLOG record {seq} of host {}: {message} (is another strata-host using this host's identity?)",
                 self.config.address,
-                self.config.host
+                self.config.host_name
             )),
             other => Attempt::Refused(anyhow!(
                 "pool {} answered NVLOG record {seq} of host {} with {other:?}",
                 self.config.address,
-                self.config.host
+                self.config.host_name
             )),
         })
     }

@@ -41,7 +41,7 @@ pub use self::segment::Location;
 use self::vdisk::NodeAccess;
 pub use self::vdisk::StoreVdisk;
 use crate::engine::IoMode;
-use crate::pool::{PoolConfig, PoolLink};
+use crate::pool::PoolLink;
 
 /// How to open or make a flash store.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct FlashConfig {
     /// The pool whose NVLOG makes writes durable; `None` for a standalone
     /// host whose flash journal does. With a pool the flash is a cache:
     /// formatted afresh and refilled from the pool at every start.
-    pub pool: Option<PoolConfig>,
+    pub pool: Option<strata_common::config::PoolSettings>,
 }
 
 /// Why a store operation failed.
