@@ -356,6 +356,10 @@ pub struct PoolSettings {
     /// This host's name, as given to `strata host add`.
     #[serde(default = "default_host_name")]
     pub host_name: String,
+    /// Seconds between destages when the NVLOG holds anything (a destage
+    /// also starts early when the NVLOG passes a quarter of its quota).
+    #[serde(default = "default_destage_interval")]
+    pub destage_interval_secs: u64,
 }
 
 impl PoolSettings {
@@ -366,8 +370,13 @@ impl PoolSettings {
             address,
             cluster_dir: default_cluster_dir(),
             host_name: default_host_name(),
+            destage_interval_secs: default_destage_interval(),
         }
     }
+}
+
+fn default_destage_interval() -> u64 {
+    30
 }
 
 /// Where `strata init` puts the cluster's certificates by default.

@@ -8,6 +8,7 @@
 //! setup ([`tls`]) and the host-to-pool protocol ([`wire`]).
 
 pub mod config;
+pub mod erasure;
 pub mod fingerprint;
 pub mod frame;
 pub mod keys;

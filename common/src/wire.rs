@@ -14,15 +14,28 @@
 //! | 2 | `Replay` | from_seq u64 |
 //! | 3 | `Truncate` | through_seq u64 |
 //! | 4 | `Status` | — |
+//! | 5 | `Lookup` | count u32, fingerprints (32 bytes each) |
+//! | 6 | `PutStripe` | k u8, data_len u32, count u8, chunks (bytes each), count u32, entries (fingerprint, offset u32, len u32) |
+//! | 7 | `GetFrames` | count u32, fingerprints |
+//! | 8 | `Commit` | through_seq u64, state bytes |
+//! | 9 | `LoadCommit` | — |
 //! | 0x81 | `Appended` | seq u64 |
 //! | 0x82 | `Record` | seq u64, payload bytes |
 //! | 0x83 | `ReplayDone` | last_seq u64 |
 //! | 0x84 | `Truncated` | through_seq u64 |
 //! | 0x85 | `Status` | used u64, quota u64, truncated_through u64, last_seq u64 |
 //! | 0x86 | `Error` | code u16, message bytes (UTF-8) |
+//! | 0x87 | `Have` | count u32, one byte (0 or 1) per fingerprint asked |
+//! | 0x88 | `StripeStored` | stripe u64 |
+//! | 0x89 | `Frames` | count u32, bytes each (empty: the pool lacks it) |
+//! | 0x8a | `Committed` | through_seq u64 |
+//! | 0x8b | `Commit` | through_seq u64, state bytes |
 //!
 //! Decoding is total: any byte string gives a message or a [`WireError`],
 //! never a panic, and trailing bytes are an error.
+
+use crate::erasure::{MAX_DATA_CHUNKS, PARITY_CHUNKS};
+use crate::fingerprint::Fingerprint;
 
 /// Longest frame body accepted: a payload of up to 16 MiB plus fields.
 pub const MAX_BODY_LEN: usize = (16 << 20) + 64;
@@ -33,6 +46,30 @@ pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// Longest error message sent.
 pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Most fingerprints one `Lookup` or `GetFrames` may name.
+pub const MAX_FINGERPRINTS: usize = 4096;
+/// Most frames one `GetFrames` may ask for.
+pub const MAX_FRAMES: usize = 1024;
+/// Longest entry (a frame or a map node) a `Frames` answer may carry.
+pub const MAX_ENTRY_LEN: usize = 9 << 10;
+/// Longest chunk of a stripe.
+pub const MAX_CHUNK_LEN: usize = 4 << 20;
+/// Most frame entries one stripe may list.
+pub const MAX_STRIPE_ENTRIES: usize = 1 << 16;
+/// Longest committed host state.
+pub const MAX_STATE_LEN: usize = 4 << 20;
+
+/// One frame a stripe holds: its name and where its bytes are in the
+/// stripe's data (the data chunks, concatenated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StripeEntry {
+    /// The frame's fingerprint (or a map node's id).
+    pub fingerprint: Fingerprint,
+    /// Byte offset in the stripe's data.
+    pub offset: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
 
 /// A request from a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +95,39 @@ pub enum Request {
     },
     /// Report the host's NVLOG use.
     Status,
+    /// Which of these frames does the pool hold? Answered by
+    /// [`Response::Have`].
+    Lookup {
+        /// Up to [`MAX_FINGERPRINTS`].
+        fingerprints: Vec<Fingerprint>,
+    },
+    /// Store a stripe the host erasure-coded, and index its frames.
+    PutStripe {
+        /// Data chunks (parity is 2 more).
+        k: u8,
+        /// Bytes of frames in the data chunks (the rest is padding).
+        data_len: u32,
+        /// k data chunks, then 2 parity chunks, all the same length.
+        chunks: Vec<Vec<u8>>,
+        /// The frames in the data.
+        entries: Vec<StripeEntry>,
+    },
+    /// Send these frames' bytes. Answered by [`Response::Frames`].
+    GetFrames {
+        /// Up to [`MAX_FRAMES`].
+        fingerprints: Vec<Fingerprint>,
+    },
+    /// Record the host's state (its vdisks' map roots), which covers its
+    /// NVLOG through `through_seq`; every frame the state references is in
+    /// the pool.
+    Commit {
+        /// The last NVLOG record the state covers.
+        through_seq: u64,
+        /// The encoded state (opaque to the pool).
+        state: Vec<u8>,
+    },
+    /// Send the host's last committed state.
+    LoadCommit,
 }
 
 /// Error codes of [`Response::Error`].
@@ -70,6 +140,8 @@ pub mod code {
     pub const TOO_LARGE: u16 = 3;
     /// The pool could not store or read the log.
     pub const STORAGE: u16 = 4;
+    /// The pool's drives cannot hold or return the data (too many failed).
+    pub const UNAVAILABLE: u16 = 5;
 }
 
 /// A response from the pool.
@@ -107,6 +179,34 @@ pub enum Response {
         truncated_through: u64,
         /// The last sequence number appended (0 if none ever).
         last_seq: u64,
+    },
+    /// Whether the pool holds each fingerprint of a [`Request::Lookup`].
+    Have {
+        /// In the order asked.
+        have: Vec<bool>,
+    },
+    /// A stripe is durable on the drives and its frames are indexed.
+    StripeStored {
+        /// Its id.
+        stripe: u64,
+    },
+    /// Frames of a [`Request::GetFrames`], in the order asked; an empty one
+    /// is a frame the pool lacks.
+    Frames {
+        /// Their bytes.
+        frames: Vec<Vec<u8>>,
+    },
+    /// A [`Request::Commit`] is durable.
+    Committed {
+        /// As asked.
+        through_seq: u64,
+    },
+    /// The host's last committed state (`through_seq` 0 and empty if none).
+    Commit {
+        /// The last NVLOG record it covers.
+        through_seq: u64,
+        /// The state as committed.
+        state: Vec<u8>,
     },
     /// The request failed.
     Error {
@@ -147,6 +247,9 @@ pub enum WireError {
     /// An error message that is not UTF-8.
     #[error("error message is not UTF-8")]
     NotUtf8,
+    /// A yes/no byte other than 0 or 1.
+    #[error("flag byte {0:#04x} is neither 0 nor 1")]
+    BadFlag(u8),
 }
 
 impl Request {
@@ -168,6 +271,40 @@ impl Request {
                 w.u64(*through_seq);
             }
             Request::Status => w.u8(4),
+            Request::Lookup { fingerprints } => {
+                w.u8(5);
+                w.fingerprints(fingerprints);
+            }
+            Request::PutStripe {
+                k,
+                data_len,
+                chunks,
+                entries,
+            } => {
+                w.u8(6);
+                w.u8(*k);
+                w.u32(*data_len);
+                w.u8(chunks.len() as u8);
+                for chunk in chunks {
+                    w.bytes(chunk);
+                }
+                w.u32(entries.len() as u32);
+                for e in entries {
+                    w.0.extend_from_slice(e.fingerprint.as_bytes());
+                    w.u32(e.offset);
+                    w.u32(e.len);
+                }
+            }
+            Request::GetFrames { fingerprints } => {
+                w.u8(7);
+                w.fingerprints(fingerprints);
+            }
+            Request::Commit { through_seq, state } => {
+                w.u8(8);
+                w.u64(*through_seq);
+                w.bytes(state);
+            }
+            Request::LoadCommit => w.u8(9),
         }
         w.finish()
     }
@@ -185,6 +322,48 @@ impl Request {
                 through_seq: r.u64()?,
             },
             4 => Request::Status,
+            5 => Request::Lookup {
+                fingerprints: r.fingerprints(MAX_FINGERPRINTS)?,
+            },
+            6 => {
+                let k = r.u8()?;
+                let data_len = r.u32()?;
+                let count = r.u8()? as usize;
+                if count > MAX_DATA_CHUNKS + PARITY_CHUNKS {
+                    return Err(WireError::TooLong {
+                        what: "chunk list",
+                        len: count,
+                        limit: MAX_DATA_CHUNKS + PARITY_CHUNKS,
+                    });
+                }
+                let chunks = (0..count)
+                    .map(|_| r.bytes("chunk", MAX_CHUNK_LEN).map(<[u8]>::to_vec))
+                    .collect::<Result<_, _>>()?;
+                let count = r.count("entry list", MAX_STRIPE_ENTRIES, 40)?;
+                let entries = (0..count)
+                    .map(|_| {
+                        Ok(StripeEntry {
+                            fingerprint: Fingerprint::from_bytes(r.array()?),
+                            offset: r.u32()?,
+                            len: r.u32()?,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Request::PutStripe {
+                    k,
+                    data_len,
+                    chunks,
+                    entries,
+                }
+            }
+            7 => Request::GetFrames {
+                fingerprints: r.fingerprints(MAX_FRAMES)?,
+            },
+            8 => Request::Commit {
+                through_seq: r.u64()?,
+                state: r.bytes("state", MAX_STATE_LEN)?.to_vec(),
+            },
+            9 => Request::LoadCommit,
             kind => return Err(WireError::UnknownKind(kind)),
         };
         r.end()?;
@@ -225,6 +404,31 @@ impl Response {
                     w.u64(*v);
                 }
             }
+            Response::Have { have } => {
+                w.u8(0x87);
+                w.u32(have.len() as u32);
+                w.0.extend(have.iter().map(|&h| u8::from(h)));
+            }
+            Response::StripeStored { stripe } => {
+                w.u8(0x88);
+                w.u64(*stripe);
+            }
+            Response::Frames { frames } => {
+                w.u8(0x89);
+                w.u32(frames.len() as u32);
+                for frame in frames {
+                    w.bytes(frame);
+                }
+            }
+            Response::Committed { through_seq } => {
+                w.u8(0x8a);
+                w.u64(*through_seq);
+            }
+            Response::Commit { through_seq, state } => {
+                w.u8(0x8b);
+                w.u64(*through_seq);
+                w.bytes(state);
+            }
             Response::Error { code, message } => {
                 w.u8(0x86);
                 w.u16(*code);
@@ -262,6 +466,34 @@ impl Response {
                 message: String::from_utf8(r.bytes("message", MAX_MESSAGE_LEN)?.to_vec())
                     .map_err(|_| WireError::NotUtf8)?,
             },
+            0x87 => {
+                let count = r.count("lookup answer", MAX_FINGERPRINTS, 1)?;
+                let have = r
+                    .take(count)?
+                    .iter()
+                    .map(|&b| match b {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        _ => Err(WireError::BadFlag(b)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Response::Have { have }
+            }
+            0x88 => Response::StripeStored { stripe: r.u64()? },
+            0x89 => {
+                let count = r.count("frame list", MAX_FRAMES, 4)?;
+                let frames = (0..count)
+                    .map(|_| r.bytes("frame", MAX_ENTRY_LEN).map(<[u8]>::to_vec))
+                    .collect::<Result<_, _>>()?;
+                Response::Frames { frames }
+            }
+            0x8a => Response::Committed {
+                through_seq: r.u64()?,
+            },
+            0x8b => Response::Commit {
+                through_seq: r.u64()?,
+                state: r.bytes("state", MAX_STATE_LEN)?.to_vec(),
+            },
             kind => return Err(WireError::UnknownKind(kind)),
         };
         r.end()?;
@@ -294,8 +526,17 @@ impl Writer {
     fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn fingerprints(&mut self, fps: &[Fingerprint]) {
+        self.u32(fps.len() as u32);
+        for fp in fps {
+            self.0.extend_from_slice(fp.as_bytes());
+        }
     }
     fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
@@ -339,8 +580,39 @@ impl<'a> Reader<'a> {
     fn u16(&mut self) -> Result<u16, WireError> {
         Ok(u16::from_le_bytes(self.array()?))
     }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
     fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A list's count, checked against its limit and against the bytes
+    /// left (each item takes at least `min_item` bytes), so a hostile count
+    /// never makes the decoder reserve memory.
+    fn count(
+        &mut self,
+        what: &'static str,
+        limit: usize,
+        min_item: usize,
+    ) -> Result<usize, WireError> {
+        let len = self.u32()? as usize;
+        if len > limit {
+            return Err(WireError::TooLong { what, len, limit });
+        }
+        let left = self.bytes.len() - self.at;
+        if len * min_item > left {
+            return Err(WireError::Truncated {
+                at: self.at,
+                needed: len * min_item - left,
+            });
+        }
+        Ok(len)
+    }
+    fn fingerprints(&mut self, limit: usize) -> Result<Vec<Fingerprint>, WireError> {
+        let count = self.count("fingerprint list", limit, 32)?;
+        (0..count)
+            .map(|_| Ok(Fingerprint::from_bytes(self.array()?)))
+            .collect()
     }
     fn bytes(&mut self, what: &'static str, limit: usize) -> Result<&'a [u8], WireError> {
         let len = u32::from_le_bytes(self.array()?) as usize;
@@ -381,6 +653,30 @@ mod tests {
             Request::Replay { from_seq: 3 },
             Request::Truncate { through_seq: 9 },
             Request::Status,
+            Request::Lookup {
+                fingerprints: vec![Fingerprint::from_bytes([7; 32]), Fingerprint::ZERO],
+            },
+            Request::Lookup {
+                fingerprints: Vec::new(),
+            },
+            Request::PutStripe {
+                k: 2,
+                data_len: 100,
+                chunks: vec![vec![1; 64], vec![2; 64], vec![3; 64], vec![4; 64]],
+                entries: vec![StripeEntry {
+                    fingerprint: Fingerprint::from_bytes([9; 32]),
+                    offset: 0,
+                    len: 100,
+                }],
+            },
+            Request::GetFrames {
+                fingerprints: vec![Fingerprint::from_bytes([1; 32])],
+            },
+            Request::Commit {
+                through_seq: 12,
+                state: b"roots".to_vec(),
+            },
+            Request::LoadCommit,
         ]
     }
 
@@ -402,6 +698,18 @@ mod tests {
             Response::Error {
                 code: code::STALE_SEQUENCE,
                 message: "seq 3 is not above 5".to_string(),
+            },
+            Response::Have {
+                have: vec![true, false, true],
+            },
+            Response::StripeStored { stripe: 77 },
+            Response::Frames {
+                frames: vec![vec![5; 300], Vec::new()],
+            },
+            Response::Committed { through_seq: 8 },
+            Response::Commit {
+                through_seq: 0,
+                state: Vec::new(),
             },
         ]
     }
@@ -457,6 +765,33 @@ mod tests {
         ));
         assert!(body_len(u32::MAX.to_le_bytes()).is_err());
         assert!(body_len((MAX_BODY_LEN as u32).to_le_bytes()).is_ok());
+        // A fingerprint list claiming more items than bytes left.
+        let mut l = vec![5];
+        l.extend_from_slice(&1000u32.to_le_bytes());
+        l.extend_from_slice(&[0; 64]);
+        assert!(matches!(
+            Request::decode(&l),
+            Err(WireError::Truncated { .. })
+        ));
+        let mut l = vec![7];
+        l.extend_from_slice(&(MAX_FRAMES as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            Request::decode(&l),
+            Err(WireError::TooLong { .. })
+        ));
+        // A stripe with more chunks than any stripe has.
+        let mut p = vec![6, 4];
+        p.extend_from_slice(&0u32.to_le_bytes());
+        p.push(200);
+        assert!(matches!(
+            Request::decode(&p),
+            Err(WireError::TooLong { .. })
+        ));
+        // A lookup answer with a byte other than 0 or 1.
+        let mut h = vec![0x87];
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.push(2);
+        assert_eq!(Response::decode(&h), Err(WireError::BadFlag(2)));
         let mut e = vec![0x86, 1, 0];
         e.extend_from_slice(&2u32.to_le_bytes());
         e.extend_from_slice(&[0xff, 0xfe]);
@@ -491,6 +826,12 @@ mod tests {
                 let at = i % b.len();
                 b[at] ^= x;
                 let _ = Request::decode(&b);
+            }
+            for r in responses() {
+                let mut b = body(&r.encode()).to_vec();
+                let at = i % b.len();
+                b[at] ^= x;
+                let _ = Response::decode(&b);
             }
         }
     }

@@ -1,8 +1,13 @@
 //! Strata's pool node: the durable tier hosts write through.
 //!
-//! Today it serves each host's NVLOG ([`nvlog`]) over mutually
-//! authenticated TLS ([`server`]); [`client`] is the host's side.
+//! It serves each host's NVLOG ([`nvlog`]) and the erasure-coded stripes
+//! of the drive pool ([`stripes`] over [`drives`], found through the redb
+//! [`catalog`]) over mutually authenticated TLS ([`server`]); [`client`]
+//! is the host's side.
 
+pub mod catalog;
 pub mod client;
+pub mod drives;
 pub mod nvlog;
 pub mod server;
+pub mod stripes;

@@ -9,14 +9,16 @@ use strata_common::pki::ClusterDir;
 use strata_pool::server::{PoolServer, PoolSettings};
 use tracing_subscriber::EnvFilter;
 
-/// Strata's pool node: serves hosts' NVLOGs over mutually authenticated TLS.
+/// Strata's pool node: serves hosts' NVLOGs and the erasure-coded drive pool
+/// over mutually authenticated TLS.
 #[derive(Debug, Parser)]
 #[command(name = "strata-pool", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7470")]
     listen: SocketAddr,
-    /// Where the pool keeps its data (NVLOGs under nvlog/).
+    /// Where the pool keeps its data (NVLOGs under nvlog/, the catalog, and
+    /// the default drives under drives/).
     #[arg(long, default_value = "/var/lib/strata/pool")]
     data_dir: PathBuf,
     /// The cluster directory made by `strata init` (CA and pool certificate).
@@ -26,6 +28,10 @@ struct Args {
     /// suffixes); appends beyond wait for truncation.
     #[arg(long, default_value = "1G", value_parser = parse_bytes)]
     nvlog_quota: u64,
+    /// A drive directory of the pool (repeat for each drive; at least 3).
+    /// Without any, six directories under the data directory.
+    #[arg(long = "drive")]
+    drives: Vec<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax); STRATA_LOG also works.
     #[arg(long)]
     log: Option<String>,
@@ -51,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     let settings = PoolSettings {
         data_dir: args.data_dir.clone(),
         nvlog_quota: args.nvlog_quota,
+        drives: args.drives.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

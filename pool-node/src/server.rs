@@ -25,7 +25,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use crate::drives::Drives;
 use crate::nvlog::{record_bytes, Nvlog};
+use crate::stripes::{StripeError, StripeStore};
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,10 +37,13 @@ const MAX_GROUP: usize = 512;
 /// What the pool serves from.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Where the NVLOGs live (one directory per host under `nvlog/`).
+    /// Where the NVLOGs (one directory per host under `nvlog/`) and the
+    /// catalog live.
     pub data_dir: PathBuf,
     /// Bytes of un-truncated records each host may hold.
     pub nvlog_quota: u64,
+    /// The drive directories; empty for six under `data_dir/drives`.
+    pub drives: Vec<PathBuf>,
 }
 
 /// One request to a host log's writer thread.
@@ -266,6 +271,7 @@ pub struct PoolServer {
     acceptor: TlsAcceptor,
     settings: PoolSettings,
     logs: Mutex<HashMap<String, Arc<HostLog>>>,
+    stripes: Arc<StripeStore>,
 }
 
 impl PoolServer {
@@ -275,6 +281,12 @@ impl PoolServer {
         tls: Arc<ServerConfig>,
         settings: PoolSettings,
     ) -> anyhow::Result<Arc<PoolServer>> {
+        let drives = if settings.drives.is_empty() {
+            Drives::default_paths(&settings.data_dir)
+        } else {
+            settings.drives.clone()
+        };
+        let stripes = Arc::new(StripeStore::open(&settings.data_dir, drives)?);
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -283,6 +295,7 @@ impl PoolServer {
             acceptor: TlsAcceptor::from(tls),
             settings,
             logs: Mutex::new(HashMap::new()),
+            stripes,
         }))
     }
 
@@ -359,7 +372,7 @@ impl PoolServer {
         loop {
             let pending = match read_request(&mut rd).await {
                 Ok(None) => break,
-                Ok(Some(Ok(request))) => handle(&log, &atx, request).await,
+                Ok(Some(Ok(request))) => handle(&log, &atx, &self.stripes, request).await,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(%peer, host, error = %e, "bad request");
                     Pending::Ready(Response::Error {
@@ -401,9 +414,26 @@ async fn run_appender(log: Arc<HostLog>, mut appends: mpsc::Receiver<LogOp>) {
 }
 
 /// Turns one request into its pending response.
-async fn handle(log: &HostLog, appender: &mpsc::Sender<LogOp>, request: Request) -> Pending {
+async fn handle(
+    log: &HostLog,
+    appender: &mpsc::Sender<LogOp>,
+    stripes: &Arc<StripeStore>,
+    request: Request,
+) -> Pending {
     let (tx, rx) = oneshot::channel();
     let op = match request {
+        Request::Lookup { .. }
+        | Request::PutStripe { .. }
+        | Request::GetFrames { .. }
+        | Request::Commit { .. }
+        | Request::LoadCommit => {
+            let stripes = stripes.clone();
+            let host = log.host.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(serve_pool_request(&stripes, &host, request));
+            });
+            return Pending::Later(rx);
+        }
         Request::Append { seq, payload } => {
             let bytes = record_bytes(payload.len());
             if bytes > log.quota {
@@ -444,6 +474,59 @@ async fn handle(log: &HostLog, appender: &mpsc::Sender<LogOp>, request: Request)
     match log.send(op) {
         Ok(()) => Pending::Later(rx),
         Err(e) => Pending::Ready(e),
+    }
+}
+
+/// Answers a request about the drive pool or the host's committed state
+/// (blocking: drive and catalog I/O).
+fn serve_pool_request(stripes: &StripeStore, host: &str, request: Request) -> Response {
+    let failed = |code: u16, what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(host, error = %e, "{what} failed");
+        Response::Error {
+            code,
+            message: format!("{what}: {e}"),
+        }
+    };
+    let stripe_error = |what: &str, e: StripeError| match e {
+        StripeError::Bad(_) => failed(code::BAD_REQUEST, what, &e),
+        StripeError::Unavailable { .. } => failed(code::UNAVAILABLE, what, &e),
+        StripeError::Storage(ref inner) => failed(code::STORAGE, what, &format!("{inner:#}")),
+    };
+    match request {
+        Request::Lookup { fingerprints } => match stripes.lookup(&fingerprints) {
+            Ok(have) => Response::Have { have },
+            Err(e) => failed(code::STORAGE, "lookup", &format!("{e:#}")),
+        },
+        Request::PutStripe {
+            k,
+            data_len,
+            chunks,
+            entries,
+        } => match stripes.put_stripe(usize::from(k), data_len as usize, &chunks, &entries) {
+            Ok(stripe) => Response::StripeStored { stripe },
+            Err(e) => stripe_error("storing a stripe", e),
+        },
+        Request::GetFrames { fingerprints } => match stripes.get_frames(&fingerprints) {
+            Ok(frames) => Response::Frames { frames },
+            Err(e) => stripe_error("reading frames", e),
+        },
+        Request::Commit { through_seq, state } => {
+            match stripes.catalog().commit(host, through_seq, &state) {
+                Ok(()) => Response::Committed { through_seq },
+                Err(e) => failed(code::STORAGE, "commit", &format!("{e:#}")),
+            }
+        }
+        Request::LoadCommit => match stripes.catalog().load_commit(host) {
+            Ok(commit) => {
+                let (through_seq, state) = commit.unwrap_or_default();
+                Response::Commit { through_seq, state }
+            }
+            Err(e) => failed(code::STORAGE, "loading the commit", &format!("{e:#}")),
+        },
+        other => Response::Error {
+            code: code::BAD_REQUEST,
+            message: format!("not a pool request: {other:?}"),
+        },
     }
 }
 

@@ -86,6 +86,9 @@ struct Args {
     /// This host's name, as given to `strata host add` [default: host1].
     #[arg(long, value_name = "NAME", requires = "pool")]
     host_name: Option<String>,
+    /// Seconds between destages to the pool's drives [default: 30].
+    #[arg(long, value_name = "SECS", requires = "pool")]
+    destage_interval: Option<u64>,
     /// How queues do I/O.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoMode,
@@ -176,6 +179,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         if let Some(name) = args.host_name {
             pool.host_name = name;
+        }
+        if let Some(secs) = args.destage_interval {
+            pool.destage_interval_secs = secs;
         }
     }
     config.validate()?;

@@ -70,22 +70,109 @@ impl PoolLink {
         self.config.address
     }
 
-    /// Hands every record of this host's NVLOG to `each`, oldest first, and
-    /// sets the next append's sequence number after the last.
+    /// Hands every record of this host's NVLOG from `from_seq` on to
+    /// `each`, oldest first, and sets the next append's sequence number
+    /// after the last.
     pub fn replay(
         &mut self,
+        from_seq: u64,
         mut each: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let client = self
+        let host = &self.config.host_name;
+        let mut client = self
             .client
-            .as_mut()
+            .take()
             .ok_or_else(|| anyhow!("not connected to pool {}", self.config.address))?;
-        let last_seq = self
-            .runtime
-            .block_on(client.replay_each(1, |seq, payload| each(seq, &payload)))
-            .with_context(|| format!("replaying the NVLOG of host {}", self.config.host_name))?;
-        self.next_seq = last_seq + 1;
-        Ok(())
+        // Each record is handled outside the runtime: `each` may itself
+        // ask the pool for map nodes over another link.
+        self.runtime
+            .block_on(client.send(&Request::Replay { from_seq }))
+            .with_context(|| format!("replaying the NVLOG of host {host}"))?;
+        loop {
+            let response = self
+                .runtime
+                .block_on(client.recv())
+                .with_context(|| format!("replaying the NVLOG of host {host}"))?;
+            match response {
+                Response::Record { seq, payload } => each(seq, &payload)?,
+                Response::ReplayDone { last_seq } => {
+                    self.next_seq = last_seq + 1;
+                    self.client = Some(client);
+                    return Ok(());
+                }
+                other => {
+                    return Err(anyhow!(
+                        "pool {} answered a replay of host {host} with {other:?}",
+                        self.config.address
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The sequence number of the last record appended (0 if none).
+    pub fn last_appended(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Sends a request that is safe to repeat and returns the pool's
+    /// answer, reconnecting after a lost connection until `abandon` says
+    /// to stop. An answer of [`Response::Error`] is returned as an error.
+    pub fn call(
+        &mut self,
+        request: &Request,
+        abandon: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Response> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let attempt = match self.client.take() {
+                Some(client) => Ok(client),
+                None => self
+                    .runtime
+                    .block_on(PoolClient::connect(self.config.address, self.tls.clone())),
+            }
+            .and_then(|client| {
+                let client = self.client.insert(client);
+                self.runtime.block_on(client.call(request))
+            });
+            match attempt {
+                Ok(Response::Error { code, message }) => {
+                    return Err(anyhow!(
+                        "pool {} refused a request of host {} (code {code}): {message}",
+                        self.config.address,
+                        self.config.host_name
+                    ))
+                }
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    self.client = None;
+                    if abandon() {
+                        return Err(e.context(format!(
+                            "pool {} unreachable for host {}",
+                            self.config.address, self.config.host_name
+                        )));
+                    }
+                    tracing::warn!(pool = %self.config.address, host = %self.config.host_name,
+                        error = format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64,
+                        "pool request not answered; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// The host's last committed state: the NVLOG record it covers and its
+    /// bytes; `None` if the host never committed.
+    pub fn load_commit(&mut self) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
+        match self.call(&Request::LoadCommit, &|| true)? {
+            Response::Commit { through_seq: 0, .. } => Ok(None),
+            Response::Commit { through_seq, state } => Ok(Some((through_seq, state))),
+            other => Err(anyhow!(
+                "pool {} answered a commit load with {other:?}",
+                self.config.address
+            )),
+        }
     }
 
     /// Appends `payload` as the next record and returns once the pool made

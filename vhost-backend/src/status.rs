@@ -97,6 +97,16 @@ pub struct CounterStatus {
     pub nvlog_records: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Destage rounds committed to the pool.
+    pub destages: u64,
+    /// Stripes written to the pool's drives.
+    pub stripes_written: u64,
+    /// Frames and map nodes sent to the pool in stripes.
+    pub frames_destaged: u64,
+    /// Frames and map nodes fetched from the pool into the flash.
+    pub frames_fetched: u64,
+    /// Bad frames on flash replaced by the pool's copy.
+    pub frames_repaired: u64,
 }
 
 /// Space figures of a vdisk or of the whole store (see the module docs).
@@ -114,9 +124,10 @@ pub struct SpaceStatus {
     pub compression_ratio: Option<f64>,
     /// `logical_bytes / stored_bytes`.
     pub reduction_ratio: Option<f64>,
-    /// Distinct fingerprints mapped but missing from the flash index
-    /// (always 0 unless the store is damaged); they add nothing to
-    /// `stored_bytes`.
+    /// Distinct fingerprints mapped but missing from the flash index; they
+    /// add nothing to `stored_bytes`. On a pool these are blocks only the
+    /// pool's stripes hold (fetched when read); standalone, always 0
+    /// unless the store is damaged.
     pub missing_frames: u64,
 }
 
@@ -212,6 +223,11 @@ pub fn collect(
         journal_records: load(&counters.journal_records),
         nvlog_records: load(&counters.nvlog_records),
         checkpoints: load(&counters.checkpoints),
+        destages: load(&counters.destages),
+        stripes_written: load(&counters.stripes_written),
+        frames_destaged: load(&counters.frames_destaged),
+        frames_fetched: load(&counters.frames_fetched),
+        frames_repaired: load(&counters.frames_repaired),
     };
 
     // Frame length (None: not in the index) of every fingerprint seen so
@@ -403,7 +419,7 @@ pub fn render(status: &HostStatus) -> String {
     if s.missing_frames > 0 {
         let _ = writeln!(
             out,
-            "  WARNING   {} mapped blocks are missing from the flash index",
+            "  note      {} mapped blocks are not on this flash (on a pool: read from its stripes; standalone: damage)",
             s.missing_frames
         );
     }
@@ -420,6 +436,13 @@ pub fn render(status: &HostStatus) -> String {
         c.nvlog_records,
         c.checkpoints
     );
+    if c.destages + c.frames_fetched > 0 {
+        let _ = writeln!(
+            out,
+            "  pool      destages {}, stripes written {}, entries destaged {}, fetched {}, repaired {}",
+            c.destages, c.stripes_written, c.frames_destaged, c.frames_fetched, c.frames_repaired
+        );
+    }
     let _ = writeln!(out);
 
     let header = [

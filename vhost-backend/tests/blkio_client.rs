@@ -1544,6 +1544,123 @@ fn kill_9_of_the_pool_under_load_loses_no_acknowledged_write() {
     check_after_crash(&daemon, &model, &[]);
 }
 
+/// How long background work (a destage) may take in a test.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes `rounds` passes of unique data over the whole of `q`'s disk, in
+/// MiB requests, into `model`.
+fn overwrite_whole_disk(q: &mut Queue, rng: &mut TestRng, model: &mut [u8], rounds: usize) {
+    let size = model.len() as u64;
+    for _ in 0..rounds {
+        for batch in 0..size / (4 * MIB) {
+            let writes: Vec<(u64, Vec<u8>)> = (0..4)
+                .map(|i| ((batch * 4 + i) * MIB, rng.bytes(MIB as usize)))
+                .collect();
+            for r in q.batch(&Req::writes(&writes)) {
+                r.expect("write");
+            }
+            for (offset, data) in &writes {
+                model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+            }
+        }
+    }
+}
+
+#[test]
+fn destaged_data_reads_back_from_the_stripes_with_two_drives_gone() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // 96 MiB of unique writes through a 64 MiB NVLOG quota: they complete
+    // only because destage moves the data into stripes and truncates the
+    // log. Then the host dies with its flash, two of the pool's six drives
+    // vanish, and a fresh host reads every byte: from the stripes (restored
+    // from parity where a chunk is gone) and the log after the last commit.
+    let size = 48 * MIB;
+    let mut daemon = Daemon::start(VdiskOptions::new(size).writethrough());
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0xde57);
+    {
+        let mut client = Client::open(&daemon, 1);
+        let q = client.q();
+        overwrite_whole_disk(q, &mut rng, &mut model, 2);
+        write_scattered(q, &mut rng, &mut model, 32);
+    }
+    let destages = daemon.wait_for_counter("destages", 1, BACKGROUND_TIMEOUT);
+    assert!(daemon.counter("stripes_written") > 0);
+    // Writes after the last destage stay in the NVLOG only.
+    {
+        let mut client = Client::open(&daemon, 1);
+        write_scattered(client.q(), &mut rng, &mut model, 32);
+    }
+    let pool = daemon.pool().expect("a pool");
+    for drive in [1, 4] {
+        let dir = pool.drive_dir(drive);
+        fs::rename(&dir, dir.with_extension("gone")).expect("removing a drive");
+    }
+    daemon.kill_and_restart_on_empty_flash();
+    check_after_crash(&daemon, &model, &[]);
+    assert!(
+        daemon.counter("frames_fetched") > 0,
+        "nothing came from the stripes (destages before the kill: {destages})"
+    );
+}
+
+#[test]
+fn a_corrupt_frame_on_host_flash_is_repaired_from_the_pool() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // Bytes of the first segment on the host's flash are damaged after the
+    // data reached the pool's stripes: reads still return the right data
+    // (the pool's copy), the frames are rewritten elsewhere, and reading
+    // again finds no bad frame.
+    let size = 8 * MIB;
+    let daemon = Daemon::start(VdiskOptions::new(size).writethrough());
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0xbad);
+    {
+        let mut client = Client::open(&daemon, 1);
+        overwrite_whole_disk(client.q(), &mut rng, &mut model, 1);
+    }
+    daemon.wait_for_counter("destages", 1, BACKGROUND_TIMEOUT);
+    daemon.wait_for_counter("segments_written", 1, BACKGROUND_TIMEOUT);
+    // The first segment slot starts after the superblock MiB and the
+    // journal; its frames start one page in.
+    let status = daemon.status();
+    let journal = status["flash"]["journal_total"]
+        .as_u64()
+        .expect("journal_total");
+    let first_frames = MIB + journal + 4096;
+    let flash = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(daemon.flash_path())
+        .expect("opening the flash");
+    let mut bytes = vec![0u8; 256 * 1024];
+    std::os::unix::fs::FileExt::read_exact_at(&flash, &mut bytes, first_frames).expect("read");
+    for b in bytes.iter_mut().step_by(512) {
+        *b ^= 0x5a;
+    }
+    std::os::unix::fs::FileExt::write_all_at(&flash, &bytes, first_frames).expect("write");
+    flash.sync_all().expect("sync");
+
+    let mut client = Client::open(&daemon, 1);
+    client
+        .q()
+        .check(&model, 0, size, "reads over damaged flash");
+    let repaired = daemon.counter("frames_repaired");
+    let bad = daemon.counter("bad_frames");
+    assert!(repaired > 0, "no frame was repaired");
+    assert_eq!(bad, repaired, "every bad frame found is repaired");
+    client.q().check(&model, 0, size, "reads after the repair");
+    assert_eq!(
+        daemon.counter("bad_frames"),
+        bad,
+        "a repaired frame read bad again"
+    );
+}
+
 #[test]
 fn the_cleaner_reclaims_overwritten_data_on_a_small_flash() {
     if skip_unless_strata("the_cleaner_reclaims_overwritten_data_on_a_small_flash")

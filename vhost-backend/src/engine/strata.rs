@@ -165,17 +165,53 @@ impl BlockReader {
         frame: &[u8],
         block: &mut [u8; BLOCK_SIZE],
     ) -> io::Result<()> {
-        self.core.codec.decode(frame, fingerprint, block).map_err(|e| {
+        let Err(e) = self.core.codec.decode(frame, fingerprint, block) else {
+            return Ok(());
+        };
+        self.core
+            .counters
+            .bad_frames
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let check = |good: &[u8]| {
+            let mut scratch = [0u8; BLOCK_SIZE];
             self.core
-                .counters
-                .bad_frames
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(vdisk = %self.vdisk.name, lba, %fingerprint, error = %e, "bad frame: read fails");
-            io::Error::other(format!(
-                "vdisk {}: block {lba}: bad frame: {e}",
-                self.vdisk.name
-            ))
-        })
+                .codec
+                .decode(good, fingerprint, &mut scratch)
+                .is_ok()
+        };
+        match self.core.repair_from_pool(fingerprint, &check) {
+            Ok(Some(good)) => {
+                tracing::warn!(vdisk = %self.vdisk.name, lba, %fingerprint, error = %e, "bad frame on flash: read served from the pool's copy");
+                return self
+                    .core
+                    .codec
+                    .decode(&good, fingerprint, block)
+                    .map_err(|e| {
+                        self.io_error("the pool's copy of a bad frame failed to decode", e)
+                    });
+            }
+            Ok(None) => {}
+            Err(repair) => {
+                tracing::error!(vdisk = %self.vdisk.name, lba, error = %repair, "cannot fetch a bad frame's copy from the pool");
+            }
+        }
+        tracing::error!(vdisk = %self.vdisk.name, lba, %fingerprint, error = %e, "bad frame: read fails");
+        Err(io::Error::other(format!(
+            "vdisk {}: block {lba}: bad frame: {e}",
+            self.vdisk.name
+        )))
+    }
+
+    /// Where block `lba`'s frame `fp` is, fetching the block's region from
+    /// the pool when the flash lacks it.
+    fn find(&self, lba: u64, fp: &Fingerprint) -> io::Result<Located> {
+        if let Some(located) = self.core.locate(fp) {
+            return Ok(located);
+        }
+        self.vdisk
+            .fetch_region(lba)
+            .map_err(|e| self.io_error("fetching from the pool failed", e))?;
+        self.core.locate(fp).ok_or_else(|| self.missing(lba, fp))
     }
 
     /// The current contents of block `lba` (blocking).
@@ -187,10 +223,9 @@ impl BlockReader {
             block.fill(0);
             return Ok(());
         }
-        let frame = match self.core.locate(&fp) {
-            None => return Err(self.missing(lba, &fp)),
-            Some(Located::Ram(frame)) => frame,
-            Some(Located::Flash(location)) => self
+        let frame = match self.find(lba, &fp)? {
+            Located::Ram(frame) => frame,
+            Located::Flash(location) => self
                 .core
                 .read_flash(&location)
                 .map_err(|e| self.io_error("flash read failed", e))?,
@@ -298,13 +333,13 @@ impl StrataQueue {
                 block.fill(0);
                 Ok(true)
             } else {
-                match self.reader.core.locate(fp) {
-                    None => Err(self.reader.missing(lba, fp)),
-                    Some(Located::Ram(frame)) => self
+                match self.reader.find(lba, fp) {
+                    Err(e) => Err(e),
+                    Ok(Located::Ram(frame)) => self
                         .reader
                         .decode(lba, fp, &frame, &mut block)
                         .map(|()| true),
-                    Some(Located::Flash(location)) => {
+                    Ok(Located::Flash(location)) => {
                         self.read_from_flash(op, lba, *fp, location).map(|()| false)
                     }
                 }

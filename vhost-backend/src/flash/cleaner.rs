@@ -20,7 +20,7 @@
 //! the block up again (see the `strata` engine).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use strata_common::fingerprint::Fingerprint;
@@ -28,6 +28,7 @@ use strata_common::map::{MapError, Visit, Walk};
 use strata_common::ondisk::{decode_summary, SegmentHeader, PAGE, SEGMENT_HEADER_LEN};
 
 use super::core::{SlotState, State};
+use super::destage::Destager;
 use super::flusher;
 use super::{Shared, StoreError};
 use crate::engine::buffers::AlignedBuf;
@@ -75,7 +76,13 @@ pub fn clean(shared: &Shared) -> Result<CycleReport, StoreError> {
 
 fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
     let core = &*shared.core;
-    let (roots, first_unsafe_seq) = {
+    // On a pool, recovery never reads the flash, so roots need no
+    // checkpoint (and the flusher may be waiting on the pool for a
+    // destage that runs on this thread).
+    let (roots, first_unsafe_seq) = if shared.pooled {
+        let (roots, _) = flusher::flush_roots(shared)?;
+        (roots, core.lock().next_segment_seq)
+    } else {
         let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
         let roots = flusher::checkpoint(shared, &mut writer)?;
         (roots, core.lock().next_segment_seq)
@@ -148,10 +155,12 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
         report.moved_bytes += moved;
         report.dropped += dropped;
     }
-    // The copies must be durable before the old places are reused.
-    {
+    // The copies must be durable before the old places are reused (on a
+    // pool, readable is enough: sealed segments are read from RAM until
+    // written).
+    core.seal_open(&mut core.lock());
+    if !shared.pooled {
         let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        core.seal_open(&mut core.lock());
         flusher::write_segments(core, &mut writer)?;
     }
     let mut state = core.lock();
@@ -230,17 +239,34 @@ fn evacuate(
     Ok((moved, dropped))
 }
 
-/// The cleaner thread's body.
-pub fn run(shared: Arc<Shared>) {
+/// How often a pooled store's cleaner thread checks whether a destage is due.
+const DESTAGE_POLL: Duration = Duration::from_secs(1);
+
+/// The cleaner thread's body; on a pool it also runs the destager.
+pub fn run(shared: Arc<Shared>, mut destager: Option<Destager>) {
     let core = &*shared.core;
     loop {
         {
             let mut state = core.lock();
             while !state.stopping && !needs_cleaning(&state) {
-                state = core
-                    .cleaner_wake
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(destager) = destager.as_mut() {
+                    let (next, _) = core
+                        .cleaner_wake
+                        .wait_timeout(state, DESTAGE_POLL)
+                        .unwrap_or_else(|p| p.into_inner());
+                    state = next;
+                    if state.stopping || needs_cleaning(&state) {
+                        break;
+                    }
+                    drop(state);
+                    destage_if_due(&shared, destager);
+                    state = core.lock();
+                } else {
+                    state = core
+                        .cleaner_wake
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
             }
             if state.stopping {
                 return;
@@ -271,5 +297,16 @@ pub fn run(shared: Arc<Shared>) {
             }
             Err(e) => core.fail(format!("segment cleaner: {e}")),
         }
+    }
+}
+
+/// Runs a destage round if one is due. A failed round is logged and tried
+/// again later: the NVLOG still holds everything, so nothing is at risk.
+fn destage_if_due(shared: &Shared, destager: &mut Destager) {
+    if shared.core.failure().is_some() || !destager.due(shared) {
+        return;
+    }
+    if let Err(e) = destager.round(shared) {
+        tracing::error!(error = %e, "destage to the pool failed; will retry");
     }
 }

@@ -97,6 +97,16 @@ pub struct Counters {
     pub nvlog_records: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
+    /// Destages that committed to the pool.
+    pub destages: AtomicU64,
+    /// Stripes written to the pool's drives.
+    pub stripes_written: AtomicU64,
+    /// Entries (frames and map nodes) sent to the pool in stripes.
+    pub frames_destaged: AtomicU64,
+    /// Entries fetched from the pool into the flash.
+    pub frames_fetched: AtomicU64,
+    /// Bad frames on flash replaced by the pool's copy.
+    pub frames_repaired: AtomicU64,
 }
 
 /// The part of the store that map node access, queue threads and the
@@ -118,6 +128,11 @@ pub struct Core {
     pub cleaner_wake: Condvar,
     /// Every map update up to this sequence number is durable.
     pub durable_seq: AtomicU64,
+    /// The last record appended to the pool's NVLOG (0 without a pool).
+    pub nvlog_appended: AtomicU64,
+    /// Fetches entries the flash lacks from the pool's stripes (`None`
+    /// for a standalone host).
+    pub pool_reads: Option<super::fetch::PoolReads>,
     /// Queue eventfds to signal when `durable_seq` moves.
     pub waiters: Mutex<Vec<Weak<EventFd>>>,
     /// Counters.

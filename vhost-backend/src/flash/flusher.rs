@@ -136,6 +136,8 @@ pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreErro
         link.append(batch.into_body(), &|| core.lock().stopping)
             .map_err(|e| StoreError::Pool(format!("NVLOG on pool {pool}: {e:#}")))?;
         core.counters.nvlog_records.fetch_add(1, Ordering::Relaxed);
+        core.nvlog_appended
+            .store(link.last_appended(), Ordering::Release);
         core.publish_durable(last_seq);
         return Ok(());
     }
@@ -217,9 +219,11 @@ pub fn write_segments(core: &Core, writer: &mut Writer) -> Result<(), StoreError
     Ok(())
 }
 
-/// Flushes every map, writes all frames and nodes to segments and records
-/// the roots in a checkpoint; the journal before it is then free.
-pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<Vec<VdiskRoot>, StoreError> {
+/// Flushes every map into the store (nodes appended like frames) and seals
+/// the open segment; returns each vdisk's root and the next update's
+/// sequence number. Every frame and node the roots reference is then in a
+/// sealed segment (in RAM until the flusher writes it).
+pub fn flush_roots(shared: &Shared) -> Result<(Vec<VdiskRoot>, u64), StoreError> {
     let core = &*shared.core;
     let mut roots = Vec::new();
     for vdisk in shared.vdisks() {
@@ -239,11 +243,16 @@ pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<Vec<VdiskRoot>
             applied_seq,
         });
     }
-    let next_seq = {
-        let mut state = core.lock();
-        core.seal_open(&mut state);
-        state.next_seq
-    };
+    let mut state = core.lock();
+    core.seal_open(&mut state);
+    Ok((roots, state.next_seq))
+}
+
+/// Flushes every map, writes all frames and nodes to segments and records
+/// the roots in a checkpoint; the journal before it is then free.
+pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<Vec<VdiskRoot>, StoreError> {
+    let core = &*shared.core;
+    let (roots, next_seq) = flush_roots(shared)?;
     write_segments(core, writer)?;
     let rec_no = writer.ring.next_rec_no();
     let body = Checkpoint {

@@ -14,7 +14,9 @@
 
 mod cleaner;
 mod core;
+mod destage;
 mod device;
+mod fetch;
 mod flusher;
 mod journal;
 mod recovery;
@@ -132,6 +134,9 @@ pub struct Shared {
     writer: Mutex<Writer>,
     node_ids: NodeIdKey,
     node_cache: Arc<NodeCache>,
+    /// The store is a cache of a pool (no flash recovery; the cleaner need
+    /// not make its copies durable).
+    pooled: bool,
 }
 
 impl Shared {
@@ -145,7 +150,7 @@ impl Shared {
 
     fn open_map(&self, block_count: u64, root: Fingerprint) -> VdiskMap<NodeAccess> {
         VdiskMap::open(
-            NodeAccess::new(self.core.clone()),
+            NodeAccess::new(self.core.clone(), self.node_ids.clone()),
             self.node_cache.clone(),
             self.node_ids.clone(),
             block_count,
@@ -166,9 +171,18 @@ impl FlashStore {
     /// and recovering an existing one.
     pub fn open(config: &FlashConfig, keys: &FrameKeys) -> anyhow::Result<FlashStore> {
         let started = Instant::now();
-        let mut pool = match &config.pool {
-            Some(pool) => Some(PoolLink::connect(pool)?),
-            None => None,
+        // Three connections: the flusher's appends, reads that miss the
+        // flash, and the destager's stripes; none waits behind another.
+        let (mut pool, pool_reads, destager) = match &config.pool {
+            Some(settings) => (
+                Some(PoolLink::connect(settings)?),
+                Some(fetch::PoolReads::new(PoolLink::connect(settings)?)),
+                Some(destage::Destager::new(
+                    PoolLink::connect(settings)?,
+                    std::time::Duration::from_secs(settings.destage_interval_secs),
+                )),
+            ),
+            None => (None, None, None),
         };
         let (device, created) = FlashDevice::open_or_create(&config.path, config.size)?;
         let flash = device.path().display().to_string();
@@ -216,6 +230,8 @@ impl FlashStore {
             room: Condvar::new(),
             cleaner_wake: Condvar::new(),
             durable_seq: AtomicU64::new(0),
+            nvlog_appended: AtomicU64::new(0),
+            pool_reads,
             waiters: Mutex::new(Vec::new()),
             counters: Default::default(),
         });
@@ -231,6 +247,7 @@ impl FlashStore {
             }),
             node_ids: NodeIdKey::new(&keys.dedupe_key),
             node_cache: Arc::new(NodeCache::new(config.map_cache_bytes)),
+            pooled: config.pool.is_some(),
         });
         let replayed = if fresh {
             let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -238,11 +255,8 @@ impl FlashStore {
                 .with_context(|| format!("cannot write the first checkpoint on flash {flash}"))?;
             drop(writer);
             match pool.as_mut() {
-                Some(link) => recovery::refill_from_nvlog(&shared, link).with_context(|| {
-                    format!(
-                        "cannot refill flash {flash} from the NVLOG on pool {}",
-                        link.address()
-                    )
+                Some(link) => recovery::refill_from_pool(&shared, link).with_context(|| {
+                    format!("cannot refill flash {flash} from pool {}", link.address())
                 })?,
                 None => 0,
             }
@@ -261,7 +275,7 @@ impl FlashStore {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("cleaner".into())
-                .spawn(move || cleaner::run(shared))
+                .spawn(move || cleaner::run(shared, destager))
                 .context("cannot start the cleaner thread")?
         };
         tracing::info!(%flash, vdisks = shared.vdisks().len(), replayed, elapsed_ms = started.elapsed().as_millis() as u64,

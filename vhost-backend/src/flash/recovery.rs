@@ -19,6 +19,8 @@ use super::journal::{recovered_ring, scan, FoundRecord};
 use super::vdisk::StoreVdisk;
 use super::Shared;
 use crate::engine::buffers::AlignedBuf;
+use strata_common::wire::{Request, Response, MAX_FINGERPRINTS};
+
 use crate::pool::PoolLink;
 
 /// The state of a store with every slot free and nothing indexed.
@@ -124,17 +126,44 @@ pub fn recover(shared: &Shared) -> anyhow::Result<usize> {
     Ok(replayed)
 }
 
-/// Fills a freshly formatted store from this host's NVLOG on the pool, in
-/// two passes over the log: the first rebuilds every vdisk and its map
-/// from the log's vdisk, set and unmap items; the second stores only the
-/// frames those maps still reference (a log holding many overwrites of the
-/// same blocks may be larger than the flash). Returns the number of map
-/// updates applied.
-pub fn refill_from_nvlog(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<usize> {
+/// Fills a freshly formatted store from the pool: the vdisks and map roots
+/// of this host's last commit (their nodes and blocks stay in the pool's
+/// stripes, fetched when read), then the NVLOG records after it, in two
+/// passes: the first applies the log's vdisk, set and unmap items to the
+/// maps; the second stores only the log's frames those maps still
+/// reference (a log holding many overwrites may be larger than the flash).
+/// Every other referenced block must be in the pool, which is checked.
+/// Returns the number of map updates applied.
+pub fn refill_from_pool(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<usize> {
     let core = &*shared.core;
     let mut replay = BatchReplay::new(shared);
     replay.store_frames = false;
-    link.replay(|seq, payload| {
+    let from_seq = match link.load_commit()? {
+        Some((through_seq, state)) => {
+            let cp =
+                Checkpoint::decode(&state).context("the pool's commit of this host is damaged")?;
+            let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
+            for v in &cp.vdisks {
+                let map = shared.open_map(v.block_count, v.root);
+                vdisks.push(Arc::new(StoreVdisk::new(
+                    v.id,
+                    v.name.clone(),
+                    map,
+                    shared.core.clone(),
+                )));
+                replay.applied.insert(v.id, v.applied_seq);
+            }
+            core.lock().next_seq = cp.next_seq.max(1);
+            tracing::info!(
+                through_seq,
+                vdisks = cp.vdisks.len(),
+                "loaded the pool's commit"
+            );
+            through_seq + 1
+        }
+        None => 1,
+    };
+    link.replay(from_seq, |seq, payload| {
         replay
             .apply(payload)
             .with_context(|| format!("NVLOG record {seq}"))?;
@@ -158,8 +187,8 @@ pub fn refill_from_nvlog(shared: &Shared, link: &mut PoolLink) -> anyhow::Result
             })
             .with_context(|| format!("vdisk {}: listing its blocks", vdisk.name))?;
     }
-    let frames_wanted = wanted.len();
-    link.replay(|seq, payload| {
+    let referenced = wanted.len();
+    link.replay(from_seq, |seq, payload| {
         let items = decode_batch(payload).with_context(|| format!("NVLOG record {seq}"))?;
         for item in items {
             if let BatchItem::Frame(frame) = item {
@@ -176,12 +205,13 @@ pub fn refill_from_nvlog(shared: &Shared, link: &mut PoolLink) -> anyhow::Result
         }
         Ok(())
     })?;
-    if !wanted.is_empty() {
-        bail!(
-            "the NVLOG lacks {} of the {frames_wanted} blocks its vdisks reference",
-            wanted.len()
-        );
+    let from_log = referenced - wanted.len();
+    let lacking = blocks_the_pool_lacks(link, wanted.into_iter().collect())?;
+    if lacking > 0 {
+        bail!("neither the NVLOG nor the pool holds {lacking} of the {referenced} blocks the vdisks reference");
     }
+    core.nvlog_appended
+        .store(link.last_appended(), std::sync::atomic::Ordering::Release);
     let last_seq = core.lock().next_seq - 1;
     core.publish_durable(last_seq);
     let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -189,10 +219,31 @@ pub fn refill_from_nvlog(shared: &Shared, link: &mut PoolLink) -> anyhow::Result
         .context("cannot checkpoint after the refill")?;
     tracing::info!(
         updates,
-        frames = frames_wanted,
-        "refilled the flash from the NVLOG"
+        referenced,
+        from_log,
+        "refilled the flash from the pool (the rest is fetched when read)"
     );
     Ok(updates)
+}
+
+/// How many of `fingerprints` the pool's stripes lack.
+fn blocks_the_pool_lacks(
+    link: &mut PoolLink,
+    fingerprints: Vec<Fingerprint>,
+) -> anyhow::Result<usize> {
+    let mut lacking = 0;
+    for part in fingerprints.chunks(MAX_FINGERPRINTS) {
+        let request = Request::Lookup {
+            fingerprints: part.to_vec(),
+        };
+        match link.call(&request, &|| true)? {
+            Response::Have { have } if have.len() == part.len() => {
+                lacking += have.iter().filter(|h| !**h).count();
+            }
+            other => bail!("pool answered a lookup with {other:?}"),
+        }
+    }
+    Ok(lacking)
 }
 
 /// Applies batch bodies (from the journal, or the pool's NVLOG) to the

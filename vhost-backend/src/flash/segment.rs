@@ -44,6 +44,11 @@ impl OpenSegment {
         }
     }
 
+    /// The segment's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Whether nothing has been appended.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

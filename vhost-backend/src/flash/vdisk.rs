@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rayon::prelude::*;
 use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
-use strata_common::map::{MapError, NodeStore, VdiskMap};
+use strata_common::map::{MapError, NodeIdKey, NodeStore, VdiskMap, FANOUT};
 use strata_common::ondisk::EntryKind;
 
 use super::core::{Core, MAX_BATCH_BYTES, MAX_UNWRITTEN_SEGMENTS, RESERVED_SLOTS};
@@ -15,16 +15,25 @@ use super::StoreError;
 /// all cores.
 const PARALLEL_BLOCKS: usize = 8;
 
-/// Map nodes as entries of the flash store.
+/// Map nodes as entries of the flash store (fetched from the pool when a
+/// pooled store lacks one).
 #[derive(Clone)]
 pub struct NodeAccess {
     core: Arc<Core>,
+    node_ids: NodeIdKey,
 }
 
 impl NodeAccess {
-    /// Node access through `core`.
-    pub fn new(core: Arc<Core>) -> NodeAccess {
-        NodeAccess { core }
+    /// Node access through `core`; `node_ids` checks nodes from the pool.
+    pub fn new(core: Arc<Core>, node_ids: NodeIdKey) -> NodeAccess {
+        NodeAccess { core, node_ids }
+    }
+
+    fn read(&self, id: &Fingerprint) -> Result<Option<Vec<u8>>, StoreError> {
+        self.core.read_entry(id).map_err(|source| StoreError::Io {
+            what: "reading a map node",
+            source,
+        })
     }
 }
 
@@ -32,10 +41,17 @@ impl NodeStore for NodeAccess {
     type Error = StoreError;
 
     fn get(&self, id: &Fingerprint) -> Result<Option<Arc<[u8]>>, StoreError> {
-        let bytes = self.core.read_entry(id).map_err(|source| StoreError::Io {
-            what: "reading a map node",
-            source,
-        })?;
+        let mut bytes = self.read(id)?;
+        if bytes.is_none() {
+            let check = |id: &Fingerprint, node: &[u8]| self.node_ids.id_of(node) == *id;
+            if self
+                .core
+                .fetch_from_pool(std::slice::from_ref(id), EntryKind::MapNode, &check)?
+                > 0
+            {
+                bytes = self.read(id)?;
+            }
+        }
         Ok(bytes.map(Arc::from))
     }
 
@@ -205,6 +221,20 @@ impl StoreVdisk {
         drop(map);
         core.flusher_wake.notify_all();
         Ok(seq)
+    }
+
+    /// Fetches from the pool the blocks of the map leaf around block `lba`
+    /// (1 MiB of the vdisk) that the flash lacks; returns how many it
+    /// stored.
+    pub fn fetch_region(&self, lba: u64) -> Result<usize, StoreError> {
+        let start = lba - lba % FANOUT as u64;
+        let count = (FANOUT as u64).min(self.block_count - start);
+        let mut fps = Vec::with_capacity(count as usize);
+        self.fingerprints(start, count, &mut fps)?;
+        let check = |fp: &Fingerprint, frame: &[u8]| {
+            strata_common::frame::verify_checksum(frame).is_ok_and(|h| h.fingerprint == *fp)
+        };
+        self.core.fetch_from_pool(&fps, EntryKind::Frame, &check)
     }
 
     /// Makes blocks `lba..lba + count` read as zeros and frees their

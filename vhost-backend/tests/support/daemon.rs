@@ -378,6 +378,11 @@ impl Daemon {
         self.kind
     }
 
+    /// strata-host's flash file (strata vdisks).
+    pub fn flash_path(&self) -> PathBuf {
+        self._dir.path().join("flash.img")
+    }
+
     /// strata-host's control socket (`--control-socket`), which exists
     /// (bound before the vdisk sockets) when it serves strata vdisks.
     pub fn control_socket(&self) -> PathBuf {
@@ -424,6 +429,51 @@ impl Daemon {
     /// bypassing the daemon (`None` without an image file).
     pub fn read_image(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
         self.vdisk(0).read_image(offset, len)
+    }
+
+    /// The status document (`strata-host status --json`) of a daemon
+    /// serving strata vdisks.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata-host"))
+            .arg("status")
+            .arg("--control-socket")
+            .arg(self.control_socket())
+            .arg("--json")
+            .output()
+            .expect("running strata-host status");
+        assert!(
+            out.status.success(),
+            "strata-host status failed: {}; log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+    }
+
+    /// Counter `name` of the status document.
+    pub fn counter(&self, name: &str) -> u64 {
+        let status = self.status();
+        status["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name} in {status:#}"))
+    }
+
+    /// Polls the status document until counter `name` reaches `at_least`
+    /// (work the daemon does in the background), failing after `timeout`.
+    pub fn wait_for_counter(&self, name: &str, at_least: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.counter(name);
+            if value >= at_least {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counter {name} stayed at {value} (< {at_least}) for {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Everything the daemon has written to stdout and stderr so far.

@@ -17,6 +17,9 @@ use strata_common::pki::ClusterDir;
 
 use super::daemon::STARTUP_TIMEOUT;
 
+/// The NVLOG quota of the tests' pool.
+pub const NVLOG_QUOTA: &str = "64M";
+
 /// The host name the test's strata-host uses.
 pub const HOST_NAME: &str = "test-host";
 
@@ -67,7 +70,15 @@ impl PoolNode {
             self.cluster_dir.display().to_string(),
             "--host-name".into(),
             HOST_NAME.into(),
+            // Destage soon, so the tests exercise the pool's stripes.
+            "--destage-interval".into(),
+            "1".into(),
         ]
+    }
+
+    /// The directory of the pool's drive `index` (of the six default ones).
+    pub fn drive_dir(&self, index: usize) -> PathBuf {
+        self.data_dir.join("drives").join(index.to_string())
     }
 
     /// Kills the pool with SIGKILL and starts it again on the same address
@@ -133,6 +144,9 @@ fn launch(cluster_dir: &Path, data_dir: &Path, log: &Path, listen: &str) -> (Chi
         .arg(data_dir)
         .arg("--cluster-dir")
         .arg(cluster_dir)
+        // Small, so that tests writing more than this prove the NVLOG is
+        // truncated (writes would wait forever otherwise).
+        .args(["--nvlog-quota", NVLOG_QUOTA])
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("cloning the log handle"))
         .stderr(log_file)
@@ -142,8 +156,10 @@ fn launch(cluster_dir: &Path, data_dir: &Path, log: &Path, listen: &str) -> (Chi
     loop {
         let text = fs::read_to_string(log).unwrap_or_default();
         let fresh = text.get(start..).unwrap_or("");
+        // Only whole lines: the pool may be in the middle of writing one.
         if let Some(line) = fresh
-            .lines()
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
             .find_map(|l| l.strip_prefix("strata-pool: listening on "))
         {
             let address = line.trim().parse().expect("the pool's address");

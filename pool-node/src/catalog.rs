@@ -1,0 +1,269 @@
+//! The pool's metadata in redb (crash-safe, one file `catalog.redb` under
+//! the data directory): the stripe table, the global fingerprint index and
+//! the hosts' committed states.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `stripes` | stripe id u64 | k u8, chunk_len u32, data_len u32, drive u16 per chunk |
+//! | `frames` | fingerprint (32 bytes) | stripe u64, offset u32, len u32 |
+//! | `commits` | host name | through_seq u64, state bytes |
+//!
+//! A stripe and its index entries go in one transaction, after its chunks
+//! are durable on the drives; an entry already indexed keeps its first
+//! stripe (that is the pool-wide dedupe).
+
+use std::path::Path;
+
+use anyhow::Context;
+use redb::{Database, ReadableTable, TableDefinition};
+use strata_common::fingerprint::Fingerprint;
+use strata_common::wire::StripeEntry;
+
+const STRIPES: TableDefinition<u64, &[u8]> = TableDefinition::new("stripes");
+const FRAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("frames");
+const COMMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("commits");
+
+/// Where a stripe's chunks are and how long they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeRecord {
+    /// Data chunks.
+    pub k: usize,
+    /// Bytes per chunk.
+    pub chunk_len: usize,
+    /// Bytes of frames in the data chunks.
+    pub data_len: usize,
+    /// The drive of each chunk, data chunks first.
+    pub drives: Vec<usize>,
+}
+
+impl StripeRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + 2 * self.drives.len());
+        out.push(self.k as u8);
+        out.extend_from_slice(&(self.chunk_len as u32).to_le_bytes());
+        out.extend_from_slice(&(self.data_len as u32).to_le_bytes());
+        for &d in &self.drives {
+            out.extend_from_slice(&(d as u16).to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> anyhow::Result<StripeRecord> {
+        anyhow::ensure!(
+            bytes.len() >= 9 && (bytes.len() - 9) % 2 == 0,
+            "stripe record of {} bytes",
+            bytes.len()
+        );
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+        };
+        let drives: Vec<usize> = bytes[9..]
+            .chunks_exact(2)
+            .map(|d| usize::from(u16::from_le_bytes([d[0], d[1]])))
+            .collect();
+        let k = usize::from(bytes[0]);
+        anyhow::ensure!(
+            drives.len() == k + strata_common::erasure::PARITY_CHUNKS,
+            "stripe record lists {} drives for k={k}",
+            drives.len()
+        );
+        Ok(StripeRecord {
+            k,
+            chunk_len: u32_at(1),
+            data_len: u32_at(5),
+            drives,
+        })
+    }
+}
+
+/// Where a frame is: its stripe and its byte range in the stripe's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLocation {
+    /// The stripe.
+    pub stripe: u64,
+    /// Byte offset in the stripe's data.
+    pub offset: usize,
+    /// Length.
+    pub len: usize,
+}
+
+/// The pool's catalog.
+pub struct Catalog {
+    db: Database,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) `dir/catalog.redb`.
+    pub fn open(dir: &Path) -> anyhow::Result<Catalog> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let path = dir.join("catalog.redb");
+        let db = Database::create(&path)
+            .with_context(|| format!("cannot open the pool catalog {}", path.display()))?;
+        let tx = db.begin_write()?;
+        tx.open_table(STRIPES)?;
+        tx.open_table(FRAMES)?;
+        tx.open_table(COMMITS)?;
+        tx.commit()?;
+        Ok(Catalog { db })
+    }
+
+    /// The id the next stripe gets: one above the highest stored.
+    pub fn next_stripe_id(&self) -> anyhow::Result<u64> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(STRIPES)?;
+        let last = table.last()?.map(|(k, _)| k.value());
+        Ok(last.map_or(1, |id| id + 1))
+    }
+
+    /// Records stripe `id` and indexes its entries not indexed yet, in one
+    /// durable transaction.
+    pub fn add_stripe(
+        &self,
+        id: u64,
+        record: &StripeRecord,
+        entries: &[StripeEntry],
+    ) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut stripes = tx.open_table(STRIPES)?;
+            stripes.insert(id, record.encode().as_slice())?;
+            let mut frames = tx.open_table(FRAMES)?;
+            for e in entries {
+                let key = e.fingerprint.as_bytes().as_slice();
+                if frames.get(key)?.is_none() {
+                    let mut value = [0u8; 16];
+                    value[..8].copy_from_slice(&id.to_le_bytes());
+                    value[8..12].copy_from_slice(&e.offset.to_le_bytes());
+                    value[12..].copy_from_slice(&e.len.to_le_bytes());
+                    frames.insert(key, value.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stripe `id`'s record.
+    pub fn stripe(&self, id: u64) -> anyhow::Result<Option<StripeRecord>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(STRIPES)?;
+        let value = table.get(id)?;
+        value
+            .map(|v| StripeRecord::decode(v.value()).with_context(|| format!("stripe {id}")))
+            .transpose()
+    }
+
+    /// Where each of `fingerprints` is, in order (`None`: not in the pool).
+    pub fn locate(
+        &self,
+        fingerprints: &[Fingerprint],
+    ) -> anyhow::Result<Vec<Option<FrameLocation>>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(FRAMES)?;
+        fingerprints
+            .iter()
+            .map(|fp| {
+                let Some(v) = table.get(fp.as_bytes().as_slice())? else {
+                    return Ok(None);
+                };
+                let v = v.value();
+                anyhow::ensure!(v.len() == 16, "index entry of {} bytes for {fp}", v.len());
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&v[..8]);
+                let word = |at: usize| u32::from_le_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
+                Ok(Some(FrameLocation {
+                    stripe: u64::from_le_bytes(id),
+                    offset: word(8) as usize,
+                    len: word(12) as usize,
+                }))
+            })
+            .collect()
+    }
+
+    /// Records `host`'s state, covering its NVLOG through `through_seq`.
+    pub fn commit(&self, host: &str, through_seq: u64, state: &[u8]) -> anyhow::Result<()> {
+        let mut value = Vec::with_capacity(8 + state.len());
+        value.extend_from_slice(&through_seq.to_le_bytes());
+        value.extend_from_slice(state);
+        let tx = self.db.begin_write()?;
+        tx.open_table(COMMITS)?.insert(host, value.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `host`'s last committed state and the NVLOG record it covers.
+    pub fn load_commit(&self, host: &str) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(COMMITS)?;
+        let Some(v) = table.get(host)? else {
+            return Ok(None);
+        };
+        let v = v.value();
+        anyhow::ensure!(v.len() >= 8, "commit of host {host} is {} bytes", v.len());
+        let mut through = [0u8; 8];
+        through.copy_from_slice(&v[..8]);
+        Ok(Some((u64::from_le_bytes(through), v[8..].to_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_index_and_commits_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = StripeRecord {
+            k: 4,
+            chunk_len: 1 << 20,
+            data_len: 4_000_000,
+            drives: vec![2, 3, 4, 5, 0, 1],
+        };
+        let a = Fingerprint::from_bytes([1; 32]);
+        let b = Fingerprint::from_bytes([2; 32]);
+        {
+            let catalog = Catalog::open(dir.path()).unwrap();
+            assert_eq!(catalog.next_stripe_id().unwrap(), 1);
+            let entry = |fingerprint, offset| StripeEntry {
+                fingerprint,
+                offset,
+                len: 100,
+            };
+            catalog.add_stripe(1, &record, &[entry(a, 0)]).unwrap();
+            // b is new; a stays where it was first stored.
+            catalog
+                .add_stripe(2, &record, &[entry(a, 500), entry(b, 100)])
+                .unwrap();
+            catalog.commit("host1", 42, b"roots").unwrap();
+        }
+        let catalog = Catalog::open(dir.path()).unwrap();
+        assert_eq!(catalog.next_stripe_id().unwrap(), 3);
+        assert_eq!(catalog.stripe(2).unwrap(), Some(record));
+        assert_eq!(catalog.stripe(9).unwrap(), None);
+        let found = catalog
+            .locate(&[a, b, Fingerprint::from_bytes([3; 32])])
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Some(FrameLocation {
+                    stripe: 1,
+                    offset: 0,
+                    len: 100
+                }),
+                Some(FrameLocation {
+                    stripe: 2,
+                    offset: 100,
+                    len: 100
+                }),
+                None
+            ]
+        );
+        assert_eq!(
+            catalog.load_commit("host1").unwrap(),
+            Some((42, b"roots".to_vec()))
+        );
+        assert_eq!(catalog.load_commit("host2").unwrap(), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! Destage: moving what the NVLOG holds into the pool's drives, so the
+//! NVLOG can be truncated.
+//!
+//! One round, on the cleaner thread (so the cleaner never drops an entry a
+//! round is still sending):
+//!
+//! 1. Note the last NVLOG record appended, R. Every update in records up to
+//!    R is in the maps now.
+//! 2. Flush the maps: each vdisk's root covers every update up to R.
+//! 3. Take every entry (frame or map node) of the segments written since
+//!    the last round. That covers every frame of records up to R, and
+//!    every node and frame the roots reference that the pool may lack.
+//! 4. Ask the pool which of them it lacks (the pool-wide dedupe), pack
+//!    those into stripes of up to [`STRIPE_DATA`] bytes, erasure-code them
+//!    here (k = [`DATA_CHUNKS`], 2 parity) and send each to the pool, which
+//!    writes the chunks to k + 2 drives and indexes the entries.
+//! 5. Commit the roots to the pool as this host's state covering R.
+//! 6. Truncate the NVLOG through R.
+//!
+//! A host that starts afresh loads the committed roots, replays the NVLOG
+//! after R, and fetches from the stripes what its flash lacks. A crash
+//! anywhere in a round leaves the last commit and an NVLOG that still
+//! holds everything after it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use strata_common::erasure;
+use strata_common::fingerprint::Fingerprint;
+use strata_common::ondisk::Checkpoint;
+use strata_common::wire::{Request, Response, StripeEntry, MAX_FINGERPRINTS};
+
+use super::core::{Core, SlotState};
+use super::flusher::flush_roots;
+use super::{Shared, StoreError};
+use crate::pool::PoolLink;
+
+/// Bytes of entries per stripe.
+pub const STRIPE_DATA: usize = 4 << 20;
+/// Data chunks per stripe (the default pool has six drives: 4 + 2).
+pub const DATA_CHUNKS: usize = 4;
+/// A round starts early once the NVLOG holds this fraction (1/n) of its quota.
+const QUOTA_FRACTION: u64 = 4;
+
+/// The destager's connection and progress.
+pub struct Destager {
+    link: PoolLink,
+    interval: Duration,
+    last_round: Instant,
+    /// Segments numbered up to this were sent in an earlier round.
+    sent_through_segment: u64,
+}
+
+/// What one round did.
+#[derive(Debug, Default)]
+pub struct RoundReport {
+    /// Entries looked at.
+    pub entries: usize,
+    /// Entries the pool lacked and got.
+    pub sent: usize,
+    /// Stripes written.
+    pub stripes: usize,
+}
+
+impl Destager {
+    /// A destager over its own connection `link`, starting a round at
+    /// least every `interval` while the NVLOG holds anything.
+    pub fn new(link: PoolLink, interval: Duration) -> Destager {
+        Destager {
+            link,
+            interval,
+            last_round: Instant::now(),
+            sent_through_segment: 0,
+        }
+    }
+
+    /// Whether a round is due: the NVLOG holds records and the interval
+    /// passed, or it is past its quota fraction.
+    pub fn due(&mut self, shared: &Shared) -> bool {
+        let appended = shared.core.nvlog_appended.load(Ordering::Acquire);
+        let status = self.link.call(&Request::Status, &|| true);
+        match status {
+            Ok(Response::Status {
+                used,
+                quota,
+                truncated_through,
+                ..
+            }) => {
+                let pending = appended > truncated_through && used > 0;
+                pending
+                    && (self.last_round.elapsed() >= self.interval
+                        || used.saturating_mul(QUOTA_FRACTION) >= quota)
+            }
+            Ok(other) => {
+                tracing::warn!(?other, "unexpected answer to an NVLOG status");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(
+                    error = format!("{e:#}"),
+                    "pool status unavailable; destage waits"
+                );
+                false
+            }
+        }
+    }
+
+    /// Runs one round.
+    pub fn round(&mut self, shared: &Shared) -> Result<RoundReport, StoreError> {
+        let started = Instant::now();
+        let core = &*shared.core;
+        let through_seq = core.nvlog_appended.load(Ordering::Acquire);
+        let (roots, next_seq) = flush_roots(shared)?;
+
+        // Every entry of the segments since the last round; segments from
+        // the open one on may still grow, so the next round looks again.
+        let (entries, next_cut) = {
+            let state = core.lock();
+            let slot_seq: Vec<u64> = state.slots.iter().map(|s| s.seq).collect();
+            let entries: Vec<Fingerprint> = state
+                .index
+                .iter()
+                .filter(|(_, l)| {
+                    let slot = &state.slots[l.slot as usize];
+                    !matches!(slot.state, SlotState::Free)
+                        && slot_seq[l.slot as usize] > self.sent_through_segment
+                })
+                .map(|(fp, _)| *fp)
+                .collect();
+            let open = state.open.as_ref().map(|o| o.seq());
+            (entries, open.unwrap_or(state.next_segment_seq) - 1)
+        };
+
+        let mut report = RoundReport {
+            entries: entries.len(),
+            ..RoundReport::default()
+        };
+        let mut packer = Packer::default();
+        for part in entries.chunks(MAX_FINGERPRINTS) {
+            let have = match self.call(
+                core,
+                Request::Lookup {
+                    fingerprints: part.to_vec(),
+                },
+            )? {
+                Response::Have { have } if have.len() == part.len() => have,
+                other => return Err(unexpected("lookup", &other)),
+            };
+            for (fp, _) in part.iter().zip(have).filter(|(_, have)| !have) {
+                let bytes = core.read_entry(fp).map_err(|source| StoreError::Io {
+                    what: "reading an entry to destage",
+                    source,
+                })?;
+                let Some(bytes) = bytes else {
+                    return Err(StoreError::Internal("an entry to destage left the index"));
+                };
+                if packer.data.len() + bytes.len() > STRIPE_DATA {
+                    self.send_stripe(core, &mut packer, &mut report)?;
+                }
+                packer.add(*fp, &bytes);
+            }
+        }
+        self.send_stripe(core, &mut packer, &mut report)?;
+
+        if through_seq > 0 {
+            let state = Checkpoint {
+                replay_from_rec: 0,
+                next_seq,
+                vdisks: roots,
+            }
+            .encode();
+            match self.call(core, Request::Commit { through_seq, state })? {
+                Response::Committed { through_seq: t } if t == through_seq => {}
+                other => return Err(unexpected("commit", &other)),
+            }
+            match self.call(core, Request::Truncate { through_seq })? {
+                Response::Truncated { .. } => {}
+                other => return Err(unexpected("truncate", &other)),
+            }
+            core.counters.destages.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sent_through_segment = next_cut;
+        self.last_round = Instant::now();
+        tracing::info!(
+            entries = report.entries,
+            sent = report.sent,
+            stripes = report.stripes,
+            through_seq,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "destaged to the pool"
+        );
+        Ok(report)
+    }
+
+    /// Erasure-codes and sends the packed entries as one stripe.
+    fn send_stripe(
+        &mut self,
+        core: &Core,
+        packer: &mut Packer,
+        report: &mut RoundReport,
+    ) -> Result<(), StoreError> {
+        if packer.entries.is_empty() {
+            return Ok(());
+        }
+        let packed = std::mem::take(packer);
+        let chunks = erasure::encode(&packed.data, DATA_CHUNKS)
+            .map_err(|e| StoreError::Pool(format!("erasure coding a stripe: {e}")))?;
+        let count = packed.entries.len();
+        let request = Request::PutStripe {
+            k: DATA_CHUNKS as u8,
+            data_len: packed.data.len() as u32,
+            chunks,
+            entries: packed.entries,
+        };
+        match self.call(core, request)? {
+            Response::StripeStored { .. } => {}
+            other => return Err(unexpected("stripe", &other)),
+        }
+        report.sent += count;
+        report.stripes += 1;
+        core.counters
+            .stripes_written
+            .fetch_add(1, Ordering::Relaxed);
+        core.counters
+            .frames_destaged
+            .fetch_add(count as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends `request`, retrying across lost connections until the store
+    /// stops.
+    fn call(&mut self, core: &Core, request: Request) -> Result<Response, StoreError> {
+        self.link
+            .call(&request, &|| core.lock().stopping)
+            .map_err(|e| StoreError::Pool(format!("destage: {e:#}")))
+    }
+}
+
+fn unexpected(what: &str, response: &Response) -> StoreError {
+    StoreError::Pool(format!(
+        "destage: the pool answered a {what} with {response:?}"
+    ))
+}
+
+/// Entries gathered for the next stripe.
+#[derive(Default)]
+struct Packer {
+    data: Vec<u8>,
+    entries: Vec<StripeEntry>,
+}
+
+impl Packer {
+    fn add(&mut self, fingerprint: Fingerprint, bytes: &[u8]) {
+        self.entries.push(StripeEntry {
+            fingerprint,
+            offset: self.data.len() as u32,
+            len: bytes.len() as u32,
+        });
+        self.data.extend_from_slice(bytes);
+    }
+}
