@@ -98,6 +98,19 @@ impl Drives {
         &self.paths[drive]
     }
 
+    /// A drive number the catalog names but the pool no longer has (it was
+    /// started with fewer drives) makes the chunk missing.
+    fn check_drive(&self, drive: usize, stripe: u64, index: usize) -> Result<(), ChunkError> {
+        if drive < self.paths.len() {
+            return Ok(());
+        }
+        Err(ChunkError::Missing {
+            drive,
+            stripe,
+            index,
+        })
+    }
+
     fn chunk_path(&self, drive: usize, stripe: u64, index: usize) -> PathBuf {
         self.paths[drive]
             .join(format!("{:x}", stripe >> 12))
@@ -112,6 +125,7 @@ impl Drives {
         index: usize,
         payload: &[u8],
     ) -> Result<(), ChunkError> {
+        self.check_drive(drive, stripe, index)?;
         let path = self.chunk_path(drive, stripe, index);
         let io_err = |what: &'static str| {
             let base = self.paths[drive].clone();
@@ -123,7 +137,12 @@ impl Drives {
             }
         };
         let dir = path.parent().unwrap_or(&self.paths[drive]);
-        fs::create_dir_all(dir).map_err(io_err("creating a chunk directory"))?;
+        if !dir.exists() {
+            // The new directory's name must be durable too.
+            fs::create_dir_all(dir)
+                .and_then(|()| fs::File::open(&self.paths[drive])?.sync_all())
+                .map_err(io_err("creating a chunk directory"))?;
+        }
         let mut image = Vec::with_capacity(HEADER_LEN + payload.len());
         image.extend_from_slice(MAGIC);
         image.extend_from_slice(&stripe.to_le_bytes());
@@ -151,6 +170,7 @@ impl Drives {
         index: usize,
         len: usize,
     ) -> Result<Vec<u8>, ChunkError> {
+        self.check_drive(drive, stripe, index)?;
         let path = self.chunk_path(drive, stripe, index);
         let image = match fs::read(&path) {
             Ok(image) => image,
@@ -220,6 +240,11 @@ mod tests {
         assert!(matches!(
             d.read_chunk(4, 0x1234_5678, 2, 4096),
             Err(ChunkError::Missing { drive: 4, .. })
+        ));
+        // A drive the pool no longer has.
+        assert!(matches!(
+            d.read_chunk(9, 0x1234_5678, 2, 4096),
+            Err(ChunkError::Missing { drive: 9, .. })
         ));
     }
 

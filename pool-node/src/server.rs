@@ -22,7 +22,7 @@ use rustls::ServerConfig;
 use strata_common::wire::{self, code, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::drives::Drives;
@@ -33,6 +33,8 @@ use crate::stripes::{StripeError, StripeStore};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most appends one group commit takes.
 const MAX_GROUP: usize = 512;
+/// Most drive-pool requests (stripes, frame reads) served at once.
+const MAX_STRIPE_REQUESTS: usize = 4;
 
 /// What the pool serves from.
 #[derive(Debug, Clone)]
@@ -272,6 +274,10 @@ pub struct PoolServer {
     settings: PoolSettings,
     logs: Mutex<HashMap<String, Arc<HostLog>>>,
     stripes: Arc<StripeStore>,
+    /// Bounds the drive-pool requests being served at once (each may hold
+    /// a stripe of several MiB); a connection waits for a permit before it
+    /// reads its next request.
+    stripe_permits: Arc<Semaphore>,
 }
 
 impl PoolServer {
@@ -296,6 +302,7 @@ impl PoolServer {
             settings,
             logs: Mutex::new(HashMap::new()),
             stripes,
+            stripe_permits: Arc::new(Semaphore::new(MAX_STRIPE_REQUESTS)),
         }))
     }
 
@@ -372,7 +379,7 @@ impl PoolServer {
         loop {
             let pending = match read_request(&mut rd).await {
                 Ok(None) => break,
-                Ok(Some(Ok(request))) => handle(&log, &atx, &self.stripes, request).await,
+                Ok(Some(Ok(request))) => handle(&log, &atx, self, request).await,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(%peer, host, error = %e, "bad request");
                     Pending::Ready(Response::Error {
@@ -417,7 +424,7 @@ async fn run_appender(log: Arc<HostLog>, mut appends: mpsc::Receiver<LogOp>) {
 async fn handle(
     log: &HostLog,
     appender: &mpsc::Sender<LogOp>,
-    stripes: &Arc<StripeStore>,
+    server: &PoolServer,
     request: Request,
 ) -> Pending {
     let (tx, rx) = oneshot::channel();
@@ -427,10 +434,17 @@ async fn handle(
         | Request::GetFrames { .. }
         | Request::Commit { .. }
         | Request::LoadCommit => {
-            let stripes = stripes.clone();
+            let Ok(permit) = server.stripe_permits.clone().acquire_owned().await else {
+                return Pending::Ready(Response::Error {
+                    code: code::STORAGE,
+                    message: "the pool is shutting down".to_string(),
+                });
+            };
+            let stripes = server.stripes.clone();
             let host = log.host.clone();
             tokio::task::spawn_blocking(move || {
                 let _ = tx.send(serve_pool_request(&stripes, &host, request));
+                drop(permit);
             });
             return Pending::Later(rx);
         }

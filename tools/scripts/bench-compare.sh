@@ -126,13 +126,14 @@ bytes=$(stat -c %s "$image")
 
 pool_args=()
 if [[ -n ${POOL:-} ]]; then
-    # A pool on the same disk as the image, with room for every write of
-    # the run: the NVLOG is not yet truncated (no destage yet).
+    # A pool on the same disk as the image (NVLOG, catalog, six drive
+    # directories), with its default NVLOG quota: the host destages to the
+    # drives and truncates the log as it goes.
     rm -rf "$pool_dir"
     "$strata" --cluster-dir "$workdir/cluster" init >/dev/null
     "$strata" --cluster-dir "$workdir/cluster" host add bench >/dev/null
     "$pool" --listen 127.0.0.1:0 --data-dir "$pool_dir" --cluster-dir "$workdir/cluster" \
-        --nvlog-quota 64G >"$workdir/pool.log" 2>&1 &
+        >"$workdir/pool.log" 2>&1 &
     pids+=($!)
     deadline=$((SECONDS + 10))
     until pool_addr=$(sed -n 's/^strata-pool: listening on //p' "$workdir/pool.log") && [[ -n $pool_addr ]]; do
@@ -159,11 +160,21 @@ if [[ -x $host ]]; then
         "$bench" run --target "vhost-user:$strata_sock" --rw write --bs 256k --iodepth 8 \
             --pattern unique --verify --verify-passes write >/dev/null
         if [[ -n ${POOL:-} ]]; then
-            # The fill wrote every block once with unique data: what the
-            # NVLOG took for it is what a host sends the pool per block.
-            logged=$(cat "$pool_dir"/nvlog/bench/*.log | wc -c)
-            per_block=$(awk -v l="$logged" -v b="$((bytes / 4096))" 'BEGIN { printf "%.1f", l / b }')
-            echo "bench-compare: the fill put $logged NVLOG bytes on the pool for $((bytes / 4096)) unique 4 KiB blocks: $per_block bytes per 4 KiB" >&2
+            # The fill wrote every block once with unique data: once a
+            # destage covers it, what the host sent (NVLOG batches, then
+            # stripe chunks with parity) is what a block costs the network.
+            counter() { "$host" status --control-socket "$workdir/control.sock" --json |
+                sed -n "s/.*\"$1\": *\([0-9]*\).*/\1/p" | head -n 1; }
+            last=$(counter nvlog_last_record)
+            deadline=$((SECONDS + 300))
+            until (($(counter nvlog_destaged_through) >= last)) || ((SECONDS >= deadline)); do
+                sleep 1
+            done
+            blocks=$((bytes / 4096))
+            nvlog=$(counter nvlog_bytes)
+            stripes=$(counter stripe_bytes)
+            echo "bench-compare: the fill of $blocks unique 4 KiB blocks sent $nvlog NVLOG bytes and $stripes stripe bytes to the pool:" \
+                "$(awk -v n="$nvlog" -v s="$stripes" -v b="$blocks" 'BEGIN { printf "%.1f + %.1f = %.1f bytes per 4 KiB", n / b, s / b, (n + s) / b }')" >&2
         fi
     fi
 else

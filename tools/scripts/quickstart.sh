@@ -10,8 +10,8 @@
 # Environment: STRATA_DIR (default /var/lib/strata, or ~/.local/share/strata
 # when not root), STRATA_VDISK (default vdisk0), STRATA_SIZE (default 8G),
 # STRATA_QUEUES (default 2), STRATA_POOL (pool address, default
-# 127.0.0.1:7470), STRATA_NVLOG_QUOTA (default 8G: until destage lands the
-# NVLOG keeps every write, and writes wait once it is full), NO_BUILD=1 to
+# 127.0.0.1:7470), STRATA_NVLOG_QUOTA (default 1G: the host destages to the
+# pool's drives and truncates its NVLOG well before that), NO_BUILD=1 to
 # skip the build.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ name=${STRATA_VDISK:-vdisk0}
 size=${STRATA_SIZE:-8G}
 queues=${STRATA_QUEUES:-2}
 pool_addr=${STRATA_POOL:-127.0.0.1:7470}
-quota=${STRATA_NVLOG_QUOTA:-8G}
+quota=${STRATA_NVLOG_QUOTA:-1G}
 cluster=$dir/cluster
 flash=$dir/flash.img
 socket=$dir/$name.sock

@@ -25,6 +25,8 @@ use tokio::runtime::Runtime;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often an append waiting for the pool checks whether to give up.
+const ABANDON_CHECK: Duration = Duration::from_millis(200);
 
 /// An open connection to the pool's NVLOG for this host.
 pub struct PoolLink {
@@ -184,7 +186,7 @@ impl PoolLink {
         let request = Request::Append { seq, payload };
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.try_append(seq, &request) {
+            match self.try_append(seq, &request, abandon) {
                 Ok(Attempt::Durable) => {
                     self.next_seq = seq + 1;
                     return Ok(());
@@ -207,7 +209,12 @@ impl PoolLink {
 
     /// One try at making record `seq` durable, on the current connection or
     /// a new one.
-    fn try_append(&mut self, seq: u64, request: &Request) -> anyhow::Result<Attempt> {
+    fn try_append(
+        &mut self,
+        seq: u64,
+        request: &Request,
+        abandon: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Attempt> {
         let client = match self.client.take() {
             Some(client) => client,
             None => {
@@ -226,7 +233,21 @@ impl PoolLink {
             }
         };
         let client = self.client.insert(client);
-        let response = self.runtime.block_on(client.call(request))?;
+        // The pool may hold an append for long (its quota is full until a
+        // destage frees room): look at `abandon` while waiting.
+        let response = self.runtime.block_on(async {
+            let call = client.call(request);
+            tokio::pin!(call);
+            loop {
+                match tokio::time::timeout(ABANDON_CHECK, &mut call).await {
+                    Ok(response) => return response,
+                    Err(_) if abandon() => {
+                        return Err(anyhow!("gave up waiting for the pool's answer"))
+                    }
+                    Err(_) => {}
+                }
+            }
+        })?;
         Ok(match response {
             Response::Appended { seq: s } if s == seq => Attempt::Durable,
             Response::Error {

@@ -101,6 +101,15 @@ pub struct CounterStatus {
     pub destages: u64,
     /// Stripes written to the pool's drives.
     pub stripes_written: u64,
+    /// Bytes of stripe chunks (data and parity) sent to the pool.
+    pub stripe_bytes: u64,
+    /// Bytes of batches sent to the pool's NVLOG.
+    pub nvlog_bytes: u64,
+    /// The last record appended to the pool's NVLOG.
+    pub nvlog_last_record: u64,
+    /// The last NVLOG record a destage committed (the log is truncated
+    /// through it).
+    pub nvlog_destaged_through: u64,
     /// Frames and map nodes sent to the pool in stripes.
     pub frames_destaged: u64,
     /// Frames and map nodes fetched from the pool into the flash.
@@ -225,6 +234,10 @@ pub fn collect(
         checkpoints: load(&counters.checkpoints),
         destages: load(&counters.destages),
         stripes_written: load(&counters.stripes_written),
+        stripe_bytes: load(&counters.stripe_bytes),
+        nvlog_bytes: load(&counters.nvlog_bytes),
+        nvlog_last_record: store.nvlog_records().0,
+        nvlog_destaged_through: store.nvlog_records().1,
         frames_destaged: load(&counters.frames_destaged),
         frames_fetched: load(&counters.frames_fetched),
         frames_repaired: load(&counters.frames_repaired),

@@ -1623,7 +1623,10 @@ fn a_corrupt_frame_on_host_flash_is_repaired_from_the_pool() {
         let mut client = Client::open(&daemon, 1);
         overwrite_whole_disk(client.q(), &mut rng, &mut model, 1);
     }
-    daemon.wait_for_counter("destages", 1, BACKGROUND_TIMEOUT);
+    // Every write is in the pool's stripes once a destage covers the last
+    // NVLOG record.
+    let last = daemon.counter("nvlog_last_record");
+    daemon.wait_for_counter("nvlog_destaged_through", last, BACKGROUND_TIMEOUT);
     daemon.wait_for_counter("segments_written", 1, BACKGROUND_TIMEOUT);
     // The first segment slot starts after the superblock MiB and the
     // journal; its frames start one page in.

@@ -259,7 +259,7 @@ pub fn run(shared: Arc<Shared>, mut destager: Option<Destager>) {
                         break;
                     }
                     drop(state);
-                    destage_if_due(&shared, destager);
+                    destage_if(&shared, destager, false);
                     state = core.lock();
                 } else {
                     state = core
@@ -269,6 +269,12 @@ pub fn run(shared: Arc<Shared>, mut destager: Option<Destager>) {
                 }
             }
             if state.stopping {
+                drop(state);
+                // What the NVLOG holds goes to the stripes before the host
+                // stops; this also frees quota a last append may wait for.
+                if let Some(destager) = destager.as_mut() {
+                    destage_if(&shared, destager, true);
+                }
                 return;
             }
         }
@@ -297,13 +303,19 @@ pub fn run(shared: Arc<Shared>, mut destager: Option<Destager>) {
             }
             Err(e) => core.fail(format!("segment cleaner: {e}")),
         }
+        // Cleaning must not starve destage: the flusher may be waiting for
+        // NVLOG room only a destage frees.
+        if let Some(destager) = destager.as_mut() {
+            destage_if(&shared, destager, false);
+        }
     }
 }
 
-/// Runs a destage round if one is due. A failed round is logged and tried
-/// again later: the NVLOG still holds everything, so nothing is at risk.
-fn destage_if_due(shared: &Shared, destager: &mut Destager) {
-    if shared.core.failure().is_some() || !destager.due(shared) {
+/// Runs a destage round if one is due (`now`: if the NVLOG holds anything).
+/// A failed round is logged and tried again later: the NVLOG still holds
+/// everything, so nothing is at risk.
+fn destage_if(shared: &Shared, destager: &mut Destager, now: bool) {
+    if shared.core.failure().is_some() || !destager.due(shared, now) {
         return;
     }
     if let Err(e) = destager.round(shared) {

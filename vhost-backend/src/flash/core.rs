@@ -101,6 +101,10 @@ pub struct Counters {
     pub destages: AtomicU64,
     /// Stripes written to the pool's drives.
     pub stripes_written: AtomicU64,
+    /// Bytes of those stripes' chunks (data and parity) sent to the pool.
+    pub stripe_bytes: AtomicU64,
+    /// Bytes of batches sent to the pool's NVLOG.
+    pub nvlog_bytes: AtomicU64,
     /// Entries (frames and map nodes) sent to the pool in stripes.
     pub frames_destaged: AtomicU64,
     /// Entries fetched from the pool into the flash.
@@ -130,6 +134,11 @@ pub struct Core {
     pub durable_seq: AtomicU64,
     /// The last record appended to the pool's NVLOG (0 without a pool).
     pub nvlog_appended: AtomicU64,
+    /// The last NVLOG record a destage committed (0: none yet).
+    pub nvlog_destaged: AtomicU64,
+    /// Bytes of the journal ring in use, as of the flusher's last write
+    /// (readable while the flusher is busy).
+    pub journal_used: AtomicU64,
     /// Fetches entries the flash lacks from the pool's stripes (`None`
     /// for a standalone host).
     pub pool_reads: Option<super::fetch::PoolReads>,

@@ -75,8 +75,8 @@ impl Destager {
     }
 
     /// Whether a round is due: the NVLOG holds records and the interval
-    /// passed, or it is past its quota fraction.
-    pub fn due(&mut self, shared: &Shared) -> bool {
+    /// passed (or `now`), or it is past its quota fraction.
+    pub fn due(&mut self, shared: &Shared, now: bool) -> bool {
         let appended = shared.core.nvlog_appended.load(Ordering::Acquire);
         let status = self.link.call(&Request::Status, &|| true);
         match status {
@@ -88,7 +88,8 @@ impl Destager {
             }) => {
                 let pending = appended > truncated_through && used > 0;
                 pending
-                    && (self.last_round.elapsed() >= self.interval
+                    && (now
+                        || self.last_round.elapsed() >= self.interval
                         || used.saturating_mul(QUOTA_FRACTION) >= quota)
             }
             Ok(other) => {
@@ -154,6 +155,15 @@ impl Destager {
                 let Some(bytes) = bytes else {
                     return Err(StoreError::Internal("an entry to destage left the index"));
                 };
+                // The pool keeps the first copy of a fingerprint it gets,
+                // and the NVLOG is truncated after: a damaged copy must
+                // never be sent. The round fails; the log keeps the data.
+                if !entry_is_sound(shared, fp, &bytes) {
+                    core.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    return Err(StoreError::Pool(format!(
+                        "destage: entry {fp} fails verification on flash; not sent, NVLOG kept"
+                    )));
+                }
                 if packer.data.len() + bytes.len() > STRIPE_DATA {
                     self.send_stripe(core, &mut packer, &mut report)?;
                 }
@@ -178,6 +188,7 @@ impl Destager {
                 other => return Err(unexpected("truncate", &other)),
             }
             core.counters.destages.fetch_add(1, Ordering::Relaxed);
+            core.nvlog_destaged.store(through_seq, Ordering::Release);
         }
         self.sent_through_segment = next_cut;
         self.last_round = Instant::now();
@@ -206,6 +217,7 @@ impl Destager {
         let chunks = erasure::encode(&packed.data, DATA_CHUNKS)
             .map_err(|e| StoreError::Pool(format!("erasure coding a stripe: {e}")))?;
         let count = packed.entries.len();
+        let bytes: usize = chunks.iter().map(Vec::len).sum();
         let request = Request::PutStripe {
             k: DATA_CHUNKS as u8,
             data_len: packed.data.len() as u32,
@@ -224,6 +236,9 @@ impl Destager {
         core.counters
             .frames_destaged
             .fetch_add(count as u64, Ordering::Relaxed);
+        core.counters
+            .stripe_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -234,6 +249,13 @@ impl Destager {
             .call(&request, &|| core.lock().stopping)
             .map_err(|e| StoreError::Pool(format!("destage: {e:#}")))
     }
+}
+
+/// Whether `bytes` are a sound copy of `fingerprint`: a frame whose
+/// checksum holds and that names it, or a map node whose id it is.
+fn entry_is_sound(shared: &Shared, fingerprint: &Fingerprint, bytes: &[u8]) -> bool {
+    strata_common::frame::verify_checksum(bytes).is_ok_and(|h| h.fingerprint == *fingerprint)
+        || shared.node_ids.id_of(bytes) == *fingerprint
 }
 
 fn unexpected(what: &str, response: &Response) -> StoreError {

@@ -133,7 +133,11 @@ pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreErro
     core.room.notify_all();
     if let Some(link) = writer.pool.as_mut() {
         let pool = link.address();
-        link.append(batch.into_body(), &|| core.lock().stopping)
+        let body = batch.into_body();
+        core.counters
+            .nvlog_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        link.append(body, &|| core.lock().stopping)
             .map_err(|e| StoreError::Pool(format!("NVLOG on pool {pool}: {e:#}")))?;
         core.counters.nvlog_records.fetch_add(1, Ordering::Relaxed);
         core.nvlog_appended
@@ -180,6 +184,8 @@ fn write_record(
             source,
         })?;
     writer.ring.written(pos, image.as_slice().len());
+    core.journal_used
+        .store(writer.ring.used() as u64, Ordering::Relaxed);
     writer.records_since_checkpoint += 1;
     core.counters
         .journal_records
@@ -271,6 +277,8 @@ pub fn checkpoint(shared: &Shared, writer: &mut Writer) -> Result<Vec<VdiskRoot>
         })?;
     write_record(core, writer, RecordKind::Checkpoint, pos, &body)?;
     writer.ring.release_before(rec_no);
+    core.journal_used
+        .store(writer.ring.used() as u64, Ordering::Relaxed);
     writer.last_checkpoint = Instant::now();
     writer.records_since_checkpoint = 0;
     core.counters.checkpoints.fetch_add(1, Ordering::Relaxed);

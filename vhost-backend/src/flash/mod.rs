@@ -231,6 +231,8 @@ impl FlashStore {
             cleaner_wake: Condvar::new(),
             durable_seq: AtomicU64::new(0),
             nvlog_appended: AtomicU64::new(0),
+            nvlog_destaged: AtomicU64::new(0),
+            journal_used: AtomicU64::new(0),
             pool_reads,
             waiters: Mutex::new(Vec::new()),
             counters: Default::default(),
@@ -377,10 +379,24 @@ impl FlashStore {
         (total - state.free.len() as u32, total)
     }
 
-    /// The flash's journal fill, in bytes used and total.
+    /// The flash's journal fill, in bytes used and total, as of the
+    /// flusher's last journal write (never waits for the flusher).
     pub fn journal_use(&self) -> (usize, usize) {
-        let writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        (writer.ring.used(), writer.ring.len())
+        let core = &self.shared.core;
+        (
+            core.journal_used.load(Ordering::Relaxed) as usize,
+            core.superblock.journal_len as usize,
+        )
+    }
+
+    /// The last record this host appended to the pool's NVLOG, and the last
+    /// one a destage committed (both 0 standalone).
+    pub fn nvlog_records(&self) -> (u64, u64) {
+        let core = &self.shared.core;
+        (
+            core.nvlog_appended.load(Ordering::Acquire),
+            core.nvlog_destaged.load(Ordering::Acquire),
+        )
     }
 
     /// Number of index entries.

@@ -118,6 +118,10 @@ pub fn recover(shared: &Shared) -> anyhow::Result<usize> {
     core.publish_durable(last_seq);
     let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
     writer.ring = recovered_ring(sb.journal_len as usize, &chain);
+    core.journal_used.store(
+        writer.ring.used() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Make the replayed state a checkpoint, so the journal starts afresh.
     if chain.len() > 1 {
         super::flusher::checkpoint(shared, &mut writer)

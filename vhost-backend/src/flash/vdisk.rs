@@ -196,11 +196,8 @@ impl StoreVdisk {
         let mut map = self.map_mut();
         {
             let mut state = core.lock();
-            for (fp, frame) in &frames {
-                if state.index.contains_key(fp) {
-                    continue;
-                }
-                core.append(&mut state, *fp, EntryKind::Frame, frame)?;
+            let append = |state: &mut super::core::State, fp: &Fingerprint, frame: &[u8]| {
+                core.append(state, *fp, EntryKind::Frame, frame)?;
                 state.batch.push_frame(frame);
                 core.counters
                     .frames_appended
@@ -208,6 +205,32 @@ impl StoreVdisk {
                 core.counters
                     .frame_bytes_appended
                     .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok::<(), StoreError>(())
+            };
+            for (fp, frame) in &frames {
+                if !state.index.contains_key(fp) {
+                    append(&mut state, fp, frame)?;
+                }
+            }
+            // A dedupe hit found before waiting for room may have been
+            // dropped by a cleaner that started since (nothing referenced
+            // it yet): store such a block again. The others are kept from
+            // a running cleaner from here on.
+            for (i, fp) in fingerprints.iter().enumerate() {
+                if fp.is_zero() {
+                    continue;
+                }
+                if state.index.contains_key(fp) {
+                    if let Some(touched) = state.touched.as_mut() {
+                        touched.insert(*fp);
+                    }
+                    continue;
+                }
+                let mut frame = Vec::new();
+                core.codec
+                    .encode_fingerprinted(blocks[i], fp, &mut frame)
+                    .map_err(StoreError::Encode)?;
+                append(&mut state, fp, &frame)?;
             }
         }
         let updates: Vec<(u64, Fingerprint)> = (lba..).zip(fingerprints.iter().copied()).collect();
