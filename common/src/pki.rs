@@ -31,6 +31,9 @@ pub const POOL_SERVER_NAME: &str = "strata-pool";
 pub const VALIDITY_DAYS: i64 = 3650;
 /// Longest host name accepted.
 pub const MAX_HOST_NAME_LEN: usize = 64;
+/// The identity of the administrators' certificate (made by
+/// [`ClusterDir::init`]); no host may take this name.
+pub const ADMIN_NAME: &str = "admin";
 
 /// What went wrong making or reading cluster certificates.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,12 @@ pub enum PkiError {
         name: String,
         /// Its certificate.
         path: PathBuf,
+    },
+    /// A name kept for the administrators' certificate.
+    #[error("host name {name:?} is reserved for the administrators' certificate")]
+    ReservedName {
+        /// The name given.
+        name: String,
     },
     /// A host name that cannot be used.
     #[error("invalid host name {name:?}: use 1 to 64 of a-z, 0-9, '-', '_' and '.', starting with a letter or digit")]
@@ -122,7 +131,8 @@ impl ClusterDir {
         self.root.join("hosts").join(format!("{name}.key"))
     }
 
-    /// Makes a new cluster: the CA and the pool's certificate.
+    /// Makes a new cluster: the CA, the pool's certificate and the
+    /// administrators' client certificate (as host [`ADMIN_NAME`]).
     /// [`PkiError::AlreadyInitialised`] if a CA is there already.
     pub fn init(&self) -> Result<(), PkiError> {
         if self.ca_cert().exists() {
@@ -143,6 +153,16 @@ impl ClusterDir {
         write_new(&self.ca_key(), ca_key.serialize_pem().as_bytes(), 0o600)?;
         write_new(&self.ca_cert(), ca_cert.pem().as_bytes(), 0o644)?;
         let issuer = Issuer::new(params, ca_key);
+        let (not_before, not_after) = validity_from_now();
+        make_dir(&self.root.join("hosts"))?;
+        self.issue(
+            &issuer,
+            ADMIN_NAME,
+            vec![format!("{ADMIN_NAME}.host.strata")],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            (not_before, not_after),
+            (&self.host_cert(ADMIN_NAME), &self.host_key(ADMIN_NAME)),
+        )?;
         let (not_before, not_after) = validity_from_now();
         self.issue(
             &issuer,
@@ -171,6 +191,11 @@ impl ClusterDir {
         validity: (OffsetDateTime, OffsetDateTime),
     ) -> Result<(), PkiError> {
         check_host_name(name)?;
+        if name == ADMIN_NAME {
+            return Err(PkiError::ReservedName {
+                name: name.to_string(),
+            });
+        }
         let cert = self.host_cert(name);
         if cert.exists() {
             return Err(PkiError::HostExists {
@@ -314,9 +339,14 @@ mod tests {
             cluster.add_host("host-1"),
             Err(PkiError::HostExists { .. })
         ));
+        assert!(matches!(
+            cluster.add_host(ADMIN_NAME),
+            Err(PkiError::ReservedName { .. })
+        ));
         for key in [
             cluster.ca_key(),
             cluster.pool_key(),
+            cluster.host_key(ADMIN_NAME),
             cluster.host_key("host-1"),
         ] {
             let mode = fs::metadata(&key).expect("key").permissions().mode() & 0o777;

@@ -19,6 +19,9 @@
 //! | 7 | `GetFrames` | count u32, fingerprints |
 //! | 8 | `Commit` | through_seq u64, state bytes |
 //! | 9 | `LoadCommit` | — |
+//! | 10 | `DriveStatus` | — |
+//! | 11 | `SetDrive` | drive u16, failed u8 (admin only) |
+//! | 12 | `Rebuild` | — (admin only) |
 //! | 0x81 | `Appended` | seq u64 |
 //! | 0x82 | `Record` | seq u64, payload bytes |
 //! | 0x83 | `ReplayDone` | last_seq u64 |
@@ -30,6 +33,8 @@
 //! | 0x89 | `Frames` | count u32, bytes each (empty: the pool lacks it) |
 //! | 0x8a | `Committed` | through_seq u64 |
 //! | 0x8b | `Commit` | through_seq u64, state bytes |
+//! | 0x8c | `Drives` | max_data_chunks u8, degraded_stripes u64, count u32, failed u8 per drive |
+//! | 0x8d | `Rebuilt` | stripes u64 |
 //!
 //! Decoding is total: any byte string gives a message or a [`WireError`],
 //! never a panic, and trailing bytes are an error.
@@ -56,6 +61,8 @@ pub const MAX_ENTRY_LEN: usize = 9 << 10;
 pub const MAX_CHUNK_LEN: usize = 4 << 20;
 /// Most frame entries one stripe may list.
 pub const MAX_STRIPE_ENTRIES: usize = 1 << 16;
+/// Most drives a pool may report.
+pub const MAX_DRIVES: usize = 4096;
 /// Longest committed host state.
 pub const MAX_STATE_LEN: usize = 4 << 20;
 
@@ -128,6 +135,20 @@ pub enum Request {
     },
     /// Send the host's last committed state.
     LoadCommit,
+    /// Report the pool's drives. Answered by [`Response::Drives`].
+    DriveStatus,
+    /// Mark a drive failed (its chunks are no longer read; a rebuild moves
+    /// them) or back in service (a replaced drive). Administrators only.
+    SetDrive {
+        /// The drive's number.
+        drive: u16,
+        /// Failed, or in service.
+        failed: bool,
+    },
+    /// Restore full redundancy: rewrite every stripe with a chunk on a
+    /// failed drive, or missing, onto the drives in service.
+    /// Administrators only.
+    Rebuild,
 }
 
 /// Error codes of [`Response::Error`].
@@ -207,6 +228,20 @@ pub enum Response {
         through_seq: u64,
         /// The state as committed.
         state: Vec<u8>,
+    },
+    /// The pool's drives.
+    Drives {
+        /// Most data chunks a new stripe may have (drives in service − 2).
+        max_data_chunks: u8,
+        /// Stripes with a chunk on a failed drive (a rebuild's work).
+        degraded_stripes: u64,
+        /// Per drive, whether it is failed.
+        failed: Vec<bool>,
+    },
+    /// A rebuild finished.
+    Rebuilt {
+        /// Stripes rewritten.
+        stripes: u64,
     },
     /// The request failed.
     Error {
@@ -305,6 +340,13 @@ impl Request {
                 w.bytes(state);
             }
             Request::LoadCommit => w.u8(9),
+            Request::DriveStatus => w.u8(10),
+            Request::SetDrive { drive, failed } => {
+                w.u8(11);
+                w.u16(*drive);
+                w.u8(u8::from(*failed));
+            }
+            Request::Rebuild => w.u8(12),
         }
         w.finish()
     }
@@ -364,6 +406,12 @@ impl Request {
                 state: r.bytes("state", MAX_STATE_LEN)?.to_vec(),
             },
             9 => Request::LoadCommit,
+            10 => Request::DriveStatus,
+            11 => Request::SetDrive {
+                drive: r.u16()?,
+                failed: r.flag()?,
+            },
+            12 => Request::Rebuild,
             kind => return Err(WireError::UnknownKind(kind)),
         };
         r.end()?;
@@ -429,6 +477,21 @@ impl Response {
                 w.u64(*through_seq);
                 w.bytes(state);
             }
+            Response::Drives {
+                max_data_chunks,
+                degraded_stripes,
+                failed,
+            } => {
+                w.u8(0x8c);
+                w.u8(*max_data_chunks);
+                w.u64(*degraded_stripes);
+                w.u32(failed.len() as u32);
+                w.0.extend(failed.iter().map(|&f| u8::from(f)));
+            }
+            Response::Rebuilt { stripes } => {
+                w.u8(0x8d);
+                w.u64(*stripes);
+            }
             Response::Error { code, message } => {
                 w.u8(0x86);
                 w.u16(*code);
@@ -468,17 +531,21 @@ impl Response {
             },
             0x87 => {
                 let count = r.count("lookup answer", MAX_FINGERPRINTS, 1)?;
-                let have = r
-                    .take(count)?
-                    .iter()
-                    .map(|&b| match b {
-                        0 => Ok(false),
-                        1 => Ok(true),
-                        _ => Err(WireError::BadFlag(b)),
-                    })
-                    .collect::<Result<_, _>>()?;
+                let have = (0..count).map(|_| r.flag()).collect::<Result<_, _>>()?;
                 Response::Have { have }
             }
+            0x8c => {
+                let max_data_chunks = r.u8()?;
+                let degraded_stripes = r.u64()?;
+                let count = r.count("drive list", MAX_DRIVES, 1)?;
+                let failed = (0..count).map(|_| r.flag()).collect::<Result<_, _>>()?;
+                Response::Drives {
+                    max_data_chunks,
+                    degraded_stripes,
+                    failed,
+                }
+            }
+            0x8d => Response::Rebuilt { stripes: r.u64()? },
             0x88 => Response::StripeStored { stripe: r.u64()? },
             0x89 => {
                 let count = r.count("frame list", MAX_FRAMES, 4)?;
@@ -583,6 +650,13 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, WireError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
+    fn flag(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(WireError::BadFlag(b)),
+        }
+    }
     fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
@@ -677,6 +751,12 @@ mod tests {
                 state: b"roots".to_vec(),
             },
             Request::LoadCommit,
+            Request::DriveStatus,
+            Request::SetDrive {
+                drive: 3,
+                failed: true,
+            },
+            Request::Rebuild,
         ]
     }
 
@@ -711,6 +791,12 @@ mod tests {
                 through_seq: 0,
                 state: Vec::new(),
             },
+            Response::Drives {
+                max_data_chunks: 2,
+                degraded_stripes: 9,
+                failed: vec![false, true, false, false, true, false],
+            },
+            Response::Rebuilt { stripes: 12 },
         ]
     }
 

@@ -4,9 +4,10 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `stripes` | stripe id u64 | k u8, chunk_len u32, data_len u32, drive u16 per chunk |
+//! | `stripes` | stripe id u64 | k u8, generation u16, chunk_len u32, data_len u32, drive u16 per chunk |
 //! | `frames` | fingerprint (32 bytes) | stripe u64, offset u32, len u32 |
 //! | `commits` | host name | through_seq u64, state bytes |
+//! | `drives` | drive number u16 | 1 if failed |
 //!
 //! A stripe and its index entries go in one transaction, after its chunks
 //! are durable on the drives; an entry already indexed keeps its first
@@ -22,12 +23,17 @@ use strata_common::wire::StripeEntry;
 const STRIPES: TableDefinition<u64, &[u8]> = TableDefinition::new("stripes");
 const FRAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("frames");
 const COMMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("commits");
+const DRIVES: TableDefinition<u16, u8> = TableDefinition::new("drives");
+const RECORD_HEADER: usize = 11;
 
 /// Where a stripe's chunks are and how long they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StripeRecord {
     /// Data chunks.
     pub k: usize,
+    /// How many times the stripe was rewritten (by a rebuild): chunk files
+    /// carry it, so a rewrite never overwrites a chunk.
+    pub gen: u16,
     /// Bytes per chunk.
     pub chunk_len: usize,
     /// Bytes of frames in the data chunks.
@@ -38,8 +44,9 @@ pub struct StripeRecord {
 
 impl StripeRecord {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + 2 * self.drives.len());
+        let mut out = Vec::with_capacity(RECORD_HEADER + 2 * self.drives.len());
         out.push(self.k as u8);
+        out.extend_from_slice(&self.gen.to_le_bytes());
         out.extend_from_slice(&(self.chunk_len as u32).to_le_bytes());
         out.extend_from_slice(&(self.data_len as u32).to_le_bytes());
         for &d in &self.drives {
@@ -50,27 +57,28 @@ impl StripeRecord {
 
     fn decode(bytes: &[u8]) -> anyhow::Result<StripeRecord> {
         anyhow::ensure!(
-            bytes.len() >= 9 && (bytes.len() - 9) % 2 == 0,
+            bytes.len() >= RECORD_HEADER && (bytes.len() - RECORD_HEADER) % 2 == 0,
             "stripe record of {} bytes",
             bytes.len()
         );
         let u32_at = |at: usize| {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
         };
-        let drives: Vec<usize> = bytes[9..]
+        let drives: Vec<usize> = bytes[RECORD_HEADER..]
             .chunks_exact(2)
             .map(|d| usize::from(u16::from_le_bytes([d[0], d[1]])))
             .collect();
         let k = usize::from(bytes[0]);
         anyhow::ensure!(
-            drives.len() == k + strata_common::erasure::PARITY_CHUNKS,
+            k > 0 && drives.len() == k + strata_common::erasure::PARITY_CHUNKS,
             "stripe record lists {} drives for k={k}",
             drives.len()
         );
         Ok(StripeRecord {
             k,
-            chunk_len: u32_at(1),
-            data_len: u32_at(5),
+            gen: u16::from_le_bytes([bytes[1], bytes[2]]),
+            chunk_len: u32_at(3),
+            data_len: u32_at(7),
             drives,
         })
     }
@@ -104,6 +112,7 @@ impl Catalog {
         tx.open_table(STRIPES)?;
         tx.open_table(FRAMES)?;
         tx.open_table(COMMITS)?;
+        tx.open_table(DRIVES)?;
         tx.commit()?;
         Ok(Catalog { db })
     }
@@ -140,6 +149,49 @@ impl Catalog {
                 }
             }
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stripe and its record, in id order.
+    pub fn stripes(&self) -> anyhow::Result<Vec<(u64, StripeRecord)>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(STRIPES)?;
+        table
+            .iter()?
+            .map(|entry| {
+                let (id, value) = entry?;
+                let id = id.value();
+                let record =
+                    StripeRecord::decode(value.value()).with_context(|| format!("stripe {id}"))?;
+                Ok((id, record))
+            })
+            .collect()
+    }
+
+    /// Replaces stripe `id`'s record (after a rebuild rewrote it).
+    pub fn replace_stripe(&self, id: u64, record: &StripeRecord) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(STRIPES)?
+            .insert(id, record.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Which of `count` drives are marked failed.
+    pub fn failed_drives(&self, count: usize) -> anyhow::Result<Vec<bool>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DRIVES)?;
+        (0..count)
+            .map(|d| Ok(table.get(d as u16)?.is_some_and(|v| v.value() == 1)))
+            .collect()
+    }
+
+    /// Marks drive `drive` failed or in service.
+    pub fn set_drive(&self, drive: usize, failed: bool) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DRIVES)?
+            .insert(drive as u16, u8::from(failed))?;
         tx.commit()?;
         Ok(())
     }
@@ -216,6 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let record = StripeRecord {
             k: 4,
+            gen: 0,
             chunk_len: 1 << 20,
             data_len: 4_000_000,
             drives: vec![2, 3, 4, 5, 0, 1],
@@ -236,6 +289,7 @@ mod tests {
                 .add_stripe(2, &record, &[entry(a, 500), entry(b, 100)])
                 .unwrap();
             catalog.commit("host1", 42, b"roots").unwrap();
+            catalog.set_drive(4, true).unwrap();
         }
         let catalog = Catalog::open(dir.path()).unwrap();
         assert_eq!(catalog.next_stripe_id().unwrap(), 3);
@@ -265,5 +319,20 @@ mod tests {
             Some((42, b"roots".to_vec()))
         );
         assert_eq!(catalog.load_commit("host2").unwrap(), None);
+        assert_eq!(
+            catalog.failed_drives(6).unwrap(),
+            vec![false, false, false, false, true, false]
+        );
+        let rebuilt = StripeRecord {
+            k: 2,
+            gen: 1,
+            chunk_len: 2 << 20,
+            data_len: 4_000_000,
+            drives: vec![0, 1, 2, 3],
+        };
+        catalog.replace_stripe(1, &rebuilt).unwrap();
+        let all = catalog.stripes().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], (1, rebuilt));
     }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ServerConfig;
+use strata_common::pki::ADMIN_NAME;
 use strata_common::wire::{self, code, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::drives::Drives;
 use crate::nvlog::{record_bytes, Nvlog};
-use crate::stripes::{StripeError, StripeStore};
+use crate::stripes::{DriveReport, StripeError, StripeStore};
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -361,6 +362,10 @@ impl PoolServer {
             tracing::warn!(%peer, "client certificate names no valid host; closing");
             return;
         };
+        if host == ADMIN_NAME {
+            self.serve_admin(stream, peer).await;
+            return;
+        }
         // The first connection of a host replays its NVLOG from disk:
         // blocking work, kept off the other connections' worker.
         let log = match tokio::task::block_in_place(|| self.host_log(&host)) {
@@ -404,6 +409,89 @@ impl PoolServer {
     }
 }
 
+impl PoolServer {
+    /// Serves an administrator: drive requests, one at a time, in order.
+    async fn serve_admin<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        tracing::info!(%peer, "administrator connected");
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        loop {
+            let response = match read_request(&mut rd).await {
+                Ok(None) => break,
+                Ok(Some(Ok(request))) => {
+                    let stripes = self.stripes.clone();
+                    tokio::task::spawn_blocking(move || serve_admin_request(&stripes, request))
+                        .await
+                        .unwrap_or_else(|e| Response::Error {
+                            code: code::STORAGE,
+                            message: format!("the request's task failed: {e}"),
+                        })
+                }
+                Ok(Some(Err(e))) => Response::Error {
+                    code: code::BAD_REQUEST,
+                    message: e.to_string(),
+                },
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "administrator connection dropped");
+                    break;
+                }
+            };
+            if wr.write_all(&response.encode()).await.is_err() {
+                break;
+            }
+        }
+        tracing::info!(%peer, "administrator disconnected");
+    }
+}
+
+/// Answers an administrator's request (blocking: drive and catalog I/O).
+fn serve_admin_request(stripes: &StripeStore, request: Request) -> Response {
+    let answer = match request {
+        Request::DriveStatus => stripes.drive_report(),
+        Request::SetDrive { drive, failed } => stripes.set_drive(usize::from(drive), failed),
+        Request::Rebuild => {
+            return match stripes.rebuild() {
+                Ok(stripes) => Response::Rebuilt { stripes },
+                Err(e) => stripe_error("rebuild", e),
+            }
+        }
+        other => {
+            return Response::Error {
+                code: code::BAD_REQUEST,
+                message: format!("not an administrator's request: {other:?}"),
+            }
+        }
+    };
+    match answer {
+        Ok(report) => drives_response(report),
+        Err(e) => stripe_error("drive request", e),
+    }
+}
+
+fn drives_response(report: DriveReport) -> Response {
+    Response::Drives {
+        max_data_chunks: report.max_data_chunks as u8,
+        degraded_stripes: report.degraded_stripes,
+        failed: report.failed,
+    }
+}
+
+/// The error response for a failed drive-pool operation, logged.
+fn stripe_error(what: &str, e: StripeError) -> Response {
+    tracing::error!(error = %e, "{what} failed");
+    let code = match e {
+        StripeError::Bad(_) => code::BAD_REQUEST,
+        StripeError::Unavailable { .. } => code::UNAVAILABLE,
+        StripeError::Storage(_) => code::STORAGE,
+    };
+    Response::Error {
+        code,
+        message: format!("{what}: {e:#}"),
+    }
+}
+
 /// One connection's appends, in order: each waits for room in the quota,
 /// then goes to the log's writer thread.
 async fn run_appender(log: Arc<HostLog>, mut appends: mpsc::Receiver<LogOp>) {
@@ -433,7 +521,10 @@ async fn handle(
         | Request::PutStripe { .. }
         | Request::GetFrames { .. }
         | Request::Commit { .. }
-        | Request::LoadCommit => {
+        | Request::LoadCommit
+        | Request::DriveStatus
+        | Request::SetDrive { .. }
+        | Request::Rebuild => {
             let Ok(permit) = server.stripe_permits.clone().acquire_owned().await else {
                 return Pending::Ready(Response::Error {
                     code: code::STORAGE,
@@ -501,11 +592,6 @@ fn serve_pool_request(stripes: &StripeStore, host: &str, request: Request) -> Re
             message: format!("{what}: {e}"),
         }
     };
-    let stripe_error = |what: &str, e: StripeError| match e {
-        StripeError::Bad(_) => failed(code::BAD_REQUEST, what, &e),
-        StripeError::Unavailable { .. } => failed(code::UNAVAILABLE, what, &e),
-        StripeError::Storage(ref inner) => failed(code::STORAGE, what, &format!("{inner:#}")),
-    };
     match request {
         Request::Lookup { fingerprints } => match stripes.lookup(&fingerprints) {
             Ok(have) => Response::Have { have },
@@ -537,9 +623,13 @@ fn serve_pool_request(stripes: &StripeStore, host: &str, request: Request) -> Re
             }
             Err(e) => failed(code::STORAGE, "loading the commit", &format!("{e:#}")),
         },
+        Request::DriveStatus => match stripes.drive_report() {
+            Ok(report) => drives_response(report),
+            Err(e) => stripe_error("drive status", e),
+        },
         other => Response::Error {
             code: code::BAD_REQUEST,
-            message: format!("not a pool request: {other:?}"),
+            message: format!("not a host's request (administrators only?): {other:?}"),
         },
     }
 }

@@ -2,18 +2,27 @@
 //!
 //! Hosts erasure-code their stripes ([`strata_common::erasure`]); the pool
 //! checks a stripe's shape, places its k + 2 chunks on k + 2 different
-//! drives (the layout rotates the starting drive with the stripe id, so
-//! chunks, and the reads and rebuilds that follow them, spread evenly over
-//! every drive), writes them durably, then records the stripe and indexes
-//! its frames in one catalog transaction.
+//! drives in service (the layout rotates the starting drive with the stripe
+//! id, so chunks, and the reads and rebuilds that follow them, spread
+//! evenly over every drive), writes them durably, then records the stripe
+//! and indexes its frames in one catalog transaction.
 //!
 //! A frame is read from the data chunk(s) holding its bytes. A chunk that
-//! is missing or fails its checksum is restored from any k others, so a
-//! stripe reads with up to two bad drives.
+//! is missing, fails its checksum or sits on a drive marked failed is
+//! restored from any k others, so a stripe reads with up to two bad drives.
+//!
+//! Drives marked failed take no new chunks. A rebuild rewrites every stripe
+//! with a chunk on a failed drive (or a chunk file gone): it reads and
+//! restores the stripe, re-encodes its data for the drives in service
+//! (k shrinks when fewer than k + 2 remain, so every chunk is still on its
+//! own drive and any two more drive losses are survived), writes the
+//! chunks under the stripe's next generation, switches the record, then
+//! deletes the old chunks. Frame offsets are offsets in the stripe's data,
+//! which a rewrite keeps, so the index does not change.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use anyhow::Context;
 use strata_common::erasure::{self, MAX_DATA_CHUNKS, PARITY_CHUNKS};
@@ -21,13 +30,14 @@ use strata_common::fingerprint::Fingerprint;
 use strata_common::wire::{StripeEntry, MAX_ENTRY_LEN};
 
 use crate::catalog::{Catalog, FrameLocation, StripeRecord};
-use crate::drives::Drives;
+use crate::drives::{ChunkError, ChunkId, Drives};
 
 /// Why a stripe was refused or a read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StripeError {
-    /// The stripe does not have a shape the pool can store.
-    #[error("bad stripe: {0}")]
+    /// The request cannot be served as asked (a stripe of the wrong shape,
+    /// no such drive).
+    #[error("bad request: {0}")]
     Bad(String),
     /// Too few chunks are readable to restore a stripe.
     #[error("stripe {stripe} cannot be read: {source}")]
@@ -48,6 +58,21 @@ pub struct StripeStore {
     drives: Drives,
     catalog: Catalog,
     next_id: Mutex<u64>,
+    /// Per drive, whether it is marked failed.
+    failed: RwLock<Vec<bool>>,
+    /// One rebuild at a time.
+    rebuilding: Mutex<()>,
+}
+
+/// The drives as a status request reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveReport {
+    /// Per drive, whether it is marked failed.
+    pub failed: Vec<bool>,
+    /// Stripes with a chunk on a failed drive.
+    pub degraded_stripes: u64,
+    /// Most data chunks a new stripe may have.
+    pub max_data_chunks: usize,
 }
 
 impl StripeStore {
@@ -62,21 +87,71 @@ impl StripeStore {
         let drives = Drives::open(drive_paths)?;
         let catalog = Catalog::open(data_dir)?;
         let next_id = catalog.next_stripe_id()?;
+        let failed = catalog.failed_drives(drives.len())?;
         Ok(StripeStore {
             drives,
             catalog,
             next_id: Mutex::new(next_id),
+            failed: RwLock::new(failed),
+            rebuilding: Mutex::new(()),
         })
-    }
-
-    /// The most data chunks a stripe may have on these drives.
-    pub fn max_data_chunks(&self) -> usize {
-        (self.drives.len() - PARITY_CHUNKS).min(MAX_DATA_CHUNKS)
     }
 
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    fn failed(&self) -> Vec<bool> {
+        self.failed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The drives in service.
+    fn in_service(&self) -> Vec<usize> {
+        let failed = self.failed();
+        (0..self.drives.len()).filter(|&d| !failed[d]).collect()
+    }
+
+    /// The most data chunks a stripe may have on the drives in service
+    /// (0 when fewer than 3 are).
+    pub fn max_data_chunks(&self) -> usize {
+        self.in_service()
+            .len()
+            .saturating_sub(PARITY_CHUNKS)
+            .min(MAX_DATA_CHUNKS)
+    }
+
+    /// Marks `drive` failed or back in service.
+    pub fn set_drive(&self, drive: usize, failed: bool) -> Result<DriveReport, StripeError> {
+        if drive >= self.drives.len() {
+            return Err(StripeError::Bad(format!(
+                "no drive {drive}: the pool has drives 0 to {}",
+                self.drives.len() - 1
+            )));
+        }
+        self.catalog.set_drive(drive, failed)?;
+        self.failed.write().unwrap_or_else(|p| p.into_inner())[drive] = failed;
+        tracing::warn!(drive, failed, "drive state changed");
+        self.drive_report()
+    }
+
+    /// The drives' state.
+    pub fn drive_report(&self) -> Result<DriveReport, StripeError> {
+        let failed = self.failed();
+        let degraded = self
+            .catalog
+            .stripes()?
+            .iter()
+            .filter(|(_, r)| r.drives.iter().any(|&d| is_failed(&failed, d)))
+            .count();
+        Ok(DriveReport {
+            failed,
+            degraded_stripes: degraded as u64,
+            max_data_chunks: self.max_data_chunks(),
+        })
     }
 
     /// Whether the pool holds each fingerprint.
@@ -98,11 +173,10 @@ impl StripeStore {
         entries: &[StripeEntry],
     ) -> Result<u64, StripeError> {
         let bad = |why: String| Err(StripeError::Bad(why));
-        if k == 0 || k > self.max_data_chunks() {
+        let k_max = self.max_data_chunks();
+        if k == 0 || k > k_max {
             return bad(format!(
-                "{k} data chunks; these {} drives take 1 to {}",
-                self.drives.len(),
-                self.max_data_chunks()
+                "{k} data chunks; the drives in service take 1 to {k_max}"
             ));
         }
         if chunks.len() != k + PARITY_CHUNKS {
@@ -133,29 +207,14 @@ impl StripeStore {
             *next += 1;
             id
         };
-        let drives = self.layout(id, k);
-        std::thread::scope(|scope| {
-            let writes: Vec<_> = chunks
-                .iter()
-                .zip(&drives)
-                .enumerate()
-                .map(|(index, (chunk, &drive))| {
-                    scope.spawn(move || self.drives.write_chunk(drive, id, index, chunk))
-                })
-                .collect();
-            writes.into_iter().try_for_each(|w| {
-                w.join()
-                    .map_err(|_| anyhow::anyhow!("a chunk writer panicked"))?
-                    .map_err(anyhow::Error::from)
-            })
-        })
-        .with_context(|| format!("writing stripe {id}"))?;
         let record = StripeRecord {
             k,
+            gen: 0,
             chunk_len,
             data_len,
-            drives,
+            drives: self.layout(id, k),
         };
+        self.write_chunks(id, &record, chunks)?;
         self.catalog
             .add_stripe(id, &record, entries)
             .with_context(|| format!("recording stripe {id}"))?;
@@ -169,12 +228,40 @@ impl StripeStore {
         Ok(id)
     }
 
-    /// The drives of stripe `id`'s k + 2 chunks: consecutive drives from a
-    /// starting drive that rotates with the id.
+    /// The drives of stripe `id`'s k + 2 chunks: consecutive drives in
+    /// service from a starting one that rotates with the id.
     fn layout(&self, id: u64, k: usize) -> Vec<usize> {
-        let n = self.drives.len();
-        let start = (id % n as u64) as usize;
-        (0..k + PARITY_CHUNKS).map(|i| (start + i) % n).collect()
+        let drives = self.in_service();
+        let start = (id % drives.len() as u64) as usize;
+        (0..k + PARITY_CHUNKS)
+            .map(|i| drives[(start + i) % drives.len()])
+            .collect()
+    }
+
+    /// Writes a stripe's chunks to the drives its record names, in parallel.
+    fn write_chunks(
+        &self,
+        id: u64,
+        record: &StripeRecord,
+        chunks: &[Vec<u8>],
+    ) -> anyhow::Result<()> {
+        std::thread::scope(|scope| {
+            let writes: Vec<_> = chunks
+                .iter()
+                .zip(&record.drives)
+                .enumerate()
+                .map(|(index, (chunk, &drive))| {
+                    let chunk_id = chunk_id(id, record, index);
+                    scope.spawn(move || self.drives.write_chunk(drive, chunk_id, chunk))
+                })
+                .collect();
+            writes.into_iter().try_for_each(|w| {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a chunk writer panicked"))?
+                    .map_err(anyhow::Error::from)
+            })
+        })
+        .with_context(|| format!("writing stripe {id}"))
     }
 
     /// The bytes of each of `fingerprints` (empty where the pool lacks one).
@@ -182,6 +269,7 @@ impl StripeStore {
         let locations = self.catalog.locate(fingerprints)?;
         let mut reader = StripeReader {
             store: self,
+            failed: self.failed(),
             records: HashMap::new(),
             data: HashMap::new(),
         };
@@ -194,29 +282,106 @@ impl StripeStore {
             .collect()
     }
 
-    /// Reads the whole of stripe `id`, restoring chunks that are missing
-    /// or damaged: all k + 2 chunks, data first.
+    /// Reads the whole of stripe `id`, restoring chunks that are missing,
+    /// damaged or on a failed drive: all k + 2 chunks, data first.
     pub fn read_stripe(&self, id: u64, record: &StripeRecord) -> Result<Vec<Vec<u8>>, StripeError> {
-        let mut chunks: Vec<Option<Vec<u8>>> = record
-            .drives
-            .iter()
-            .enumerate()
-            .map(|(index, &drive)| {
-                self.drives
-                    .read_chunk(drive, id, index, record.chunk_len)
-                    .map_err(|e| tracing::warn!(stripe = id, index, drive, error = %e, "unusable chunk: restoring it from the others"))
-                    .ok()
-            })
+        let failed = self.failed();
+        let mut chunks: Vec<Option<Vec<u8>>> = (0..record.drives.len())
+            .map(|index| read_chunk(&self.drives, &failed, id, record, index).ok())
             .collect();
         erasure::restore(&mut chunks, record.k)
             .map_err(|source| StripeError::Unavailable { stripe: id, source })?;
         Ok(chunks.into_iter().flatten().collect())
     }
+
+    /// Rewrites every stripe with a chunk on a failed drive, or a chunk
+    /// file gone, onto the drives in service; returns how many it rewrote.
+    pub fn rebuild(&self) -> Result<u64, StripeError> {
+        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        let k_max = self.max_data_chunks();
+        if k_max == 0 {
+            return Err(StripeError::Bad(
+                "fewer than 3 drives in service: nothing to rebuild onto".into(),
+            ));
+        }
+        let failed = self.failed();
+        let mut rebuilt = 0;
+        for (id, record) in self.catalog.stripes()? {
+            let degraded = record.drives.iter().enumerate().any(|(index, &drive)| {
+                is_failed(&failed, drive)
+                    || !self.drives.has_chunk(drive, chunk_id(id, &record, index))
+            });
+            if !degraded {
+                continue;
+            }
+            let chunks = self.read_stripe(id, &record)?;
+            let mut data = chunks[..record.k].concat();
+            data.truncate(record.data_len);
+            let k = record.k.min(k_max);
+            let new = StripeRecord {
+                k,
+                gen: record.gen.wrapping_add(1),
+                chunk_len: erasure::chunk_len(data.len(), k),
+                data_len: record.data_len,
+                drives: self.layout(id, k),
+            };
+            let encoded = erasure::encode(&data, k).map_err(|e| {
+                StripeError::Storage(anyhow::anyhow!("re-encoding stripe {id}: {e}"))
+            })?;
+            self.write_chunks(id, &new, &encoded)?;
+            self.catalog
+                .replace_stripe(id, &new)
+                .with_context(|| format!("recording rebuilt stripe {id}"))?;
+            for (index, &drive) in record.drives.iter().enumerate() {
+                self.drives
+                    .remove_chunk(drive, chunk_id(id, &record, index));
+            }
+            tracing::info!(stripe = id, k_was = record.k, k, "stripe rebuilt");
+            rebuilt += 1;
+        }
+        Ok(rebuilt)
+    }
+}
+
+fn is_failed(failed: &[bool], drive: usize) -> bool {
+    failed.get(drive).is_none_or(|&f| f)
+}
+
+/// Chunk `index` of stripe `id` as `record` has it now.
+fn chunk_id(id: u64, record: &StripeRecord, index: usize) -> ChunkId {
+    ChunkId {
+        stripe: id,
+        gen: record.gen,
+        index,
+    }
+}
+
+/// Reads chunk `index` of stripe `id`; a chunk on a failed drive counts
+/// as missing. Logs why a chunk is unusable.
+fn read_chunk(
+    drives: &Drives,
+    failed: &[bool],
+    id: u64,
+    record: &StripeRecord,
+    index: usize,
+) -> Result<Vec<u8>, ChunkError> {
+    let drive = record.drives[index];
+    let chunk = chunk_id(id, record, index);
+    let result = if is_failed(failed, drive) {
+        Err(ChunkError::Missing { drive, chunk })
+    } else {
+        drives.read_chunk(drive, chunk, record.chunk_len)
+    };
+    if let Err(e) = &result {
+        tracing::warn!(stripe = id, index, drive, error = %e, "unusable chunk: restoring it from the others");
+    }
+    result
 }
 
 /// Reads frames, each needed chunk once.
 struct StripeReader<'a> {
     store: &'a StripeStore,
+    failed: Vec<bool>,
     records: HashMap<u64, StripeRecord>,
     /// Data chunks read so far, by stripe and index.
     data: HashMap<(u64, usize), Vec<u8>>,
@@ -261,16 +426,11 @@ impl StripeReader<'_> {
         index: usize,
     ) -> Result<&Vec<u8>, StripeError> {
         if !self.data.contains_key(&(id, index)) {
-            let direct =
-                self.store
-                    .drives
-                    .read_chunk(record.drives[index], id, index, record.chunk_len);
-            match direct {
+            match read_chunk(&self.store.drives, &self.failed, id, record, index) {
                 Ok(chunk) => {
                     self.data.insert((id, index), chunk);
                 }
-                Err(e) => {
-                    tracing::warn!(stripe = id, index, error = %e, "unusable chunk: reading the stripe from parity");
+                Err(_) => {
                     let chunks = self.store.read_stripe(id, record)?;
                     for (i, chunk) in chunks.into_iter().take(record.k).enumerate() {
                         self.data.insert((id, i), chunk);
@@ -363,7 +523,7 @@ mod tests {
         // Flip a byte in the middle of the first data chunk's payload.
         let first = paths[record.drives[0]]
             .join(format!("{:x}", id >> 12))
-            .join(format!("{id:x}.0"));
+            .join(format!("{id:x}.0.0"));
         let mut bytes = std::fs::read(&first).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&first, bytes).unwrap();
@@ -371,7 +531,7 @@ mod tests {
         for index in [1, 2] {
             let path = paths[record.drives[index]]
                 .join(format!("{:x}", id >> 12))
-                .join(format!("{id:x}.{index}"));
+                .join(format!("{id:x}.0.{index}"));
             std::fs::remove_file(path).unwrap();
         }
         assert!(matches!(
@@ -404,6 +564,48 @@ mod tests {
             ));
         }
         assert_eq!(store.catalog.next_stripe_id().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_rebuild_restores_redundancy_and_survives_a_third_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Drives::default_paths(dir.path());
+        let store = StripeStore::open(dir.path(), paths.clone()).unwrap();
+        let all = frames(80);
+        for part in all.chunks(10) {
+            put(&store, part, 4);
+        }
+        for d in [1, 4] {
+            std::fs::remove_dir_all(&paths[d]).unwrap();
+            store.set_drive(d, true).unwrap();
+        }
+        let report = store.drive_report().unwrap();
+        assert_eq!(report.degraded_stripes, 8);
+        assert_eq!(report.max_data_chunks, 2);
+        check_all(&store, &all);
+        assert_eq!(store.rebuild().unwrap(), 8);
+        assert_eq!(store.drive_report().unwrap().degraded_stripes, 0);
+        for (_, record) in store.catalog.stripes().unwrap() {
+            assert_eq!(record.k, 2);
+            let mut drives = record.drives.clone();
+            drives.sort_unstable();
+            assert_eq!(drives, vec![0, 2, 3, 5], "one chunk per drive in service");
+        }
+        // A rebuild of a healthy pool rewrites nothing.
+        assert_eq!(store.rebuild().unwrap(), 0);
+        // Any third drive may go now, and then a fourth.
+        std::fs::remove_dir_all(&paths[3]).unwrap();
+        check_all(&store, &all);
+        std::fs::remove_dir_all(&paths[0]).unwrap();
+        check_all(&store, &all);
+        // Drive states survive a reopen.
+        drop(store);
+        let store = StripeStore::open(dir.path(), paths).unwrap();
+        assert_eq!(
+            store.drive_report().unwrap().failed,
+            vec![false, true, false, false, true, false]
+        );
+        check_all(&store, &all);
     }
 
     #[test]

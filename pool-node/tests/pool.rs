@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use rustls::ClientConfig;
-use strata_common::pki::ClusterDir;
+use strata_common::pki::{ClusterDir, ADMIN_NAME};
 use strata_common::tls;
 use strata_common::wire::{code, Request, Response};
 use strata_pool::client::PoolClient;
@@ -369,4 +369,71 @@ async fn hostile_frames_get_errors_and_never_stop_the_pool() {
         .await
         .expect("connect");
     client.append(1, payload(1)).await.expect("append");
+}
+
+#[tokio::test]
+async fn only_the_administrator_may_fail_drives_and_rebuild() {
+    let c = cluster();
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+    let mut host = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect as a host");
+    // A host may read the drives' state (its stripes' width follows it)...
+    match host.call(&Request::DriveStatus).await {
+        Ok(Response::Drives {
+            max_data_chunks: 4,
+            degraded_stripes: 0,
+            failed,
+        }) => assert_eq!(failed, vec![false; 6]),
+        other => panic!("drive status answered {other:?}"),
+    }
+    // ... but not change them.
+    for request in [
+        Request::SetDrive {
+            drive: 1,
+            failed: true,
+        },
+        Request::Rebuild,
+    ] {
+        match host.call(&request).await {
+            Ok(Response::Error { code: c, .. }) => assert_eq!(c, code::BAD_REQUEST),
+            other => panic!("{request:?} from a host answered {other:?}"),
+        }
+    }
+    let mut admin = PoolClient::connect(pool.addr, host_tls(&c, ADMIN_NAME))
+        .await
+        .expect("connect as the administrator");
+    match admin
+        .call(&Request::SetDrive {
+            drive: 1,
+            failed: true,
+        })
+        .await
+    {
+        Ok(Response::Drives {
+            max_data_chunks: 3,
+            failed,
+            ..
+        }) => assert!(failed[1]),
+        other => panic!("failing a drive answered {other:?}"),
+    }
+    match admin
+        .call(&Request::SetDrive {
+            drive: 6,
+            failed: true,
+        })
+        .await
+    {
+        Ok(Response::Error { code: c, .. }) => assert_eq!(c, code::BAD_REQUEST),
+        other => panic!("failing a drive the pool lacks answered {other:?}"),
+    }
+    match admin.call(&Request::Rebuild).await {
+        Ok(Response::Rebuilt { stripes: 0 }) => {}
+        other => panic!("rebuild of an empty pool answered {other:?}"),
+    }
+    // The administrator has no NVLOG: host requests are refused.
+    match admin.call(&Request::Status).await {
+        Ok(Response::Error { code: c, .. }) => assert_eq!(c, code::BAD_REQUEST),
+        other => panic!("status from the administrator answered {other:?}"),
+    }
 }

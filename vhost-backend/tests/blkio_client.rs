@@ -1604,6 +1604,27 @@ fn destaged_data_reads_back_from_the_stripes_with_two_drives_gone() {
         daemon.counter("frames_fetched") > 0,
         "nothing came from the stripes (destages before the kill: {destages})"
     );
+
+    // The administrator marks both drives failed and rebuilds: every stripe
+    // is rewritten onto the four drives left, so a third drive may fail
+    // too, and a fresh host still reads every byte.
+    let pool = daemon.pool().expect("a pool");
+    for drive in ["1", "4"] {
+        pool.admin(&["drive", "fail", drive]);
+    }
+    let listing = pool.admin(&["drive", "list"]);
+    assert!(!listing.contains("stripes to rebuild: 0"), "{listing}");
+    let rebuilt = pool.admin(&["drive", "rebuild"]);
+    assert!(
+        rebuilt.starts_with("rebuilt ") && !rebuilt.starts_with("rebuilt 0 "),
+        "{rebuilt}"
+    );
+    let listing = pool.admin(&["drive", "list"]);
+    assert!(listing.contains("stripes to rebuild: 0"), "{listing}");
+    let third = pool.drive_dir(2);
+    fs::rename(&third, third.with_extension("gone")).expect("removing a third drive");
+    daemon.kill_and_restart_on_empty_flash();
+    check_after_crash(&daemon, &model, &[]);
 }
 
 #[test]

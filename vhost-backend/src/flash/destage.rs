@@ -12,7 +12,8 @@
 //!    every node and frame the roots reference that the pool may lack.
 //! 4. Ask the pool which of them it lacks (the pool-wide dedupe), pack
 //!    those into stripes of up to [`STRIPE_DATA`] bytes, erasure-code them
-//!    here (k = [`DATA_CHUNKS`], 2 parity) and send each to the pool, which
+//!    here (k = [`DATA_CHUNKS`], or fewer if the pool has fewer drives in
+//!    service, and 2 parity) and send each to the pool, which
 //!    writes the chunks to k + 2 drives and indexes the entries.
 //! 5. Commit the roots to the pool as this host's state covering R.
 //! 6. Truncate the NVLOG through R.
@@ -37,7 +38,8 @@ use crate::pool::PoolLink;
 
 /// Bytes of entries per stripe.
 pub const STRIPE_DATA: usize = 4 << 20;
-/// Data chunks per stripe (the default pool has six drives: 4 + 2).
+/// Data chunks per stripe at most (the default pool has six drives: 4 + 2);
+/// fewer when the pool has fewer drives in service.
 pub const DATA_CHUNKS: usize = 4;
 /// A round starts early once the NVLOG holds this fraction (1/n) of its quota.
 const QUOTA_FRACTION: u64 = 4;
@@ -49,6 +51,8 @@ pub struct Destager {
     last_round: Instant,
     /// Segments numbered up to this were sent in an earlier round.
     sent_through_segment: u64,
+    /// Data chunks of this round's stripes.
+    data_chunks: usize,
 }
 
 /// What one round did.
@@ -71,6 +75,7 @@ impl Destager {
             interval,
             last_round: Instant::now(),
             sent_through_segment: 0,
+            data_chunks: DATA_CHUNKS,
         }
     }
 
@@ -135,6 +140,14 @@ impl Destager {
         let mut report = RoundReport {
             entries: entries.len(),
             ..RoundReport::default()
+        };
+        // Stripes as wide as the pool's drives in service allow, up to
+        // DATA_CHUNKS (the pool narrows its stripes after drive failures).
+        self.data_chunks = match self.call(core, Request::DriveStatus)? {
+            Response::Drives {
+                max_data_chunks, ..
+            } if max_data_chunks > 0 => DATA_CHUNKS.min(usize::from(max_data_chunks)),
+            other => return Err(unexpected("drive status", &other)),
         };
         let mut packer = Packer::default();
         for part in entries.chunks(MAX_FINGERPRINTS) {
@@ -214,12 +227,12 @@ impl Destager {
             return Ok(());
         }
         let packed = std::mem::take(packer);
-        let chunks = erasure::encode(&packed.data, DATA_CHUNKS)
+        let chunks = erasure::encode(&packed.data, self.data_chunks)
             .map_err(|e| StoreError::Pool(format!("erasure coding a stripe: {e}")))?;
         let count = packed.entries.len();
         let bytes: usize = chunks.iter().map(Vec::len).sum();
         let request = Request::PutStripe {
-            k: DATA_CHUNKS as u8,
+            k: self.data_chunks as u8,
             data_len: packed.data.len() as u32,
             chunks,
             entries: packed.entries,

@@ -76,6 +76,26 @@ impl PoolNode {
         ]
     }
 
+    /// Runs `strata ARGS --pool ADDR` as the cluster's administrator and
+    /// returns what it printed; panics if it fails.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(strata_binary())
+            .arg("--cluster-dir")
+            .arg(&self.cluster_dir)
+            .args(args)
+            .arg("--pool")
+            .arg(self.address.to_string())
+            .output()
+            .expect("running strata");
+        assert!(
+            out.status.success(),
+            "strata {args:?} failed: {}; pool log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The directory of the pool's drive `index` (of the six default ones).
     pub fn drive_dir(&self, index: usize) -> PathBuf {
         self.data_dir.join("drives").join(index.to_string())
@@ -114,11 +134,21 @@ impl Drop for PoolNode {
 
 /// The `strata-pool` binary beside this test binary's directory.
 fn pool_binary() -> PathBuf {
+    workspace_binary("strata-pool")
+}
+
+/// The `strata` command line beside this test binary's directory.
+fn strata_binary() -> PathBuf {
+    workspace_binary("strata")
+}
+
+/// A binary of the workspace, built beside this test binary's directory.
+fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe
         .parent()
         .and_then(Path::parent)
-        .map(|d| d.join("strata-pool"))
+        .map(|d| d.join(name))
         .expect("the test binary's directory");
     assert!(
         bin.exists(),
