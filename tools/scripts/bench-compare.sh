@@ -26,6 +26,9 @@
 #   NO_BUILD=1      do not run `cargo build --release` first
 #   POOL=1          strata-host writes through a strata-pool started for the
 #                   run (NVLOG and data in IMAGE.pool); otherwise standalone
+#   POOL_QUOTA=SIZE the pool's NVLOG quota (default 1G): with a large one
+#                   the NVLOG absorbs a run's writes; with the default the
+#                   host destages to the drives while the run writes
 #   CACHE=writethrough  the daemons complete a write only once it is
 #                   durable: strata and raw vdisks get cache=writethrough and
 #                   qsd exports with writethrough=on (the file target is
@@ -127,13 +130,13 @@ bytes=$(stat -c %s "$image")
 pool_args=()
 if [[ -n ${POOL:-} ]]; then
     # A pool on the same disk as the image (NVLOG, catalog, six drive
-    # directories), with its default NVLOG quota: the host destages to the
-    # drives and truncates the log as it goes.
+    # directories); the host destages to the drives and truncates the log
+    # as it goes.
     rm -rf "$pool_dir"
     "$strata" --cluster-dir "$workdir/cluster" init >/dev/null
     "$strata" --cluster-dir "$workdir/cluster" host add bench >/dev/null
     "$pool" --listen 127.0.0.1:0 --data-dir "$pool_dir" --cluster-dir "$workdir/cluster" \
-        >"$workdir/pool.log" 2>&1 &
+        --nvlog-quota "${POOL_QUOTA:-1G}" >"$workdir/pool.log" 2>&1 &
     pids+=($!)
     deadline=$((SECONDS + 10))
     until pool_addr=$(sed -n 's/^strata-pool: listening on //p' "$workdir/pool.log") && [[ -n $pool_addr ]]; do

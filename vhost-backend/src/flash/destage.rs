@@ -33,6 +33,7 @@ use strata_common::wire::{Request, Response, StripeEntry, MAX_FINGERPRINTS};
 
 use super::core::{Core, SlotState};
 use super::flusher::flush_roots;
+use super::segment::Location;
 use super::{Shared, StoreError};
 use crate::pool::PoolLink;
 
@@ -120,22 +121,22 @@ impl Destager {
 
         // Every entry of the segments since the last round; segments from
         // the open one on may still grow, so the next round looks again.
-        let (entries, next_cut) = {
+        let (mut entries, next_cut) = {
             let state = core.lock();
-            let slot_seq: Vec<u64> = state.slots.iter().map(|s| s.seq).collect();
-            let entries: Vec<Fingerprint> = state
+            let entries: Vec<(Fingerprint, Location)> = state
                 .index
                 .iter()
                 .filter(|(_, l)| {
                     let slot = &state.slots[l.slot as usize];
-                    !matches!(slot.state, SlotState::Free)
-                        && slot_seq[l.slot as usize] > self.sent_through_segment
+                    !matches!(slot.state, SlotState::Free) && slot.seq > self.sent_through_segment
                 })
-                .map(|(fp, _)| *fp)
+                .map(|(fp, l)| (*fp, *l))
                 .collect();
             let open = state.open.as_ref().map(|o| o.seq());
             (entries, open.unwrap_or(state.next_segment_seq) - 1)
         };
+        // In flash order, so each segment is read once.
+        entries.sort_unstable_by_key(|(_, l)| (l.slot, l.offset));
 
         let mut report = RoundReport {
             entries: entries.len(),
@@ -149,29 +150,26 @@ impl Destager {
             } if max_data_chunks > 0 => DATA_CHUNKS.min(usize::from(max_data_chunks)),
             other => return Err(unexpected("drive status", &other)),
         };
-        let mut packer = Packer::default();
+        let mut lacking: Vec<(Fingerprint, Location)> = Vec::new();
         for part in entries.chunks(MAX_FINGERPRINTS) {
-            let have = match self.call(
-                core,
-                Request::Lookup {
-                    fingerprints: part.to_vec(),
-                },
-            )? {
-                Response::Have { have } if have.len() == part.len() => have,
+            let fingerprints = part.iter().map(|(fp, _)| *fp).collect();
+            match self.call(core, Request::Lookup { fingerprints })? {
+                Response::Have { have } if have.len() == part.len() => lacking.extend(
+                    part.iter()
+                        .zip(have)
+                        .filter(|(_, have)| !have)
+                        .map(|(entry, _)| *entry),
+                ),
                 other => return Err(unexpected("lookup", &other)),
-            };
-            for (fp, _) in part.iter().zip(have).filter(|(_, have)| !have) {
-                let bytes = core.read_entry(fp).map_err(|source| StoreError::Io {
-                    what: "reading an entry to destage",
-                    source,
-                })?;
-                let Some(bytes) = bytes else {
-                    return Err(StoreError::Internal("an entry to destage left the index"));
-                };
+            }
+        }
+        let mut packer = Packer::default();
+        for group in lacking.chunk_by(|a, b| a.1.slot == b.1.slot) {
+            for (fp, bytes) in read_segment_entries(core, group)? {
                 // The pool keeps the first copy of a fingerprint it gets,
                 // and the NVLOG is truncated after: a damaged copy must
                 // never be sent. The round fails; the log keeps the data.
-                if !entry_is_sound(shared, fp, &bytes) {
+                if !entry_is_sound(shared, &fp, &bytes) {
                     core.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                     return Err(StoreError::Pool(format!(
                         "destage: entry {fp} fails verification on flash; not sent, NVLOG kept"
@@ -180,7 +178,7 @@ impl Destager {
                 if packer.data.len() + bytes.len() > STRIPE_DATA {
                     self.send_stripe(core, &mut packer, &mut report)?;
                 }
-                packer.add(*fp, &bytes);
+                packer.add(fp, &bytes);
             }
         }
         self.send_stripe(core, &mut packer, &mut report)?;
@@ -262,6 +260,48 @@ impl Destager {
             .call(&request, &|| core.lock().stopping)
             .map_err(|e| StoreError::Pool(format!("destage: {e:#}")))
     }
+}
+
+/// The bytes of `group`'s entries, all in one segment slot, in order: one
+/// read of the covered range for a segment on flash (the cleaner, which
+/// alone frees slots, runs on this thread, so the slot stays put), copies
+/// for one still in RAM.
+fn read_segment_entries(
+    core: &Core,
+    group: &[(Fingerprint, Location)],
+) -> Result<Vec<(Fingerprint, Vec<u8>)>, StoreError> {
+    let io = |source| StoreError::Io {
+        what: "reading entries to destage",
+        source,
+    };
+    let on_flash = group.first().is_some_and(|(_, l)| {
+        matches!(core.lock().slots[l.slot as usize].state, SlotState::OnFlash)
+    });
+    if !on_flash {
+        return group
+            .iter()
+            .map(|(fp, _)| match core.read_entry(fp).map_err(io)? {
+                Some(bytes) => Ok((*fp, bytes)),
+                None => Err(StoreError::Internal("an entry to destage left the index")),
+            })
+            .collect();
+    }
+    let (Some((_, first)), Some((_, last))) = (group.first(), group.last()) else {
+        return Ok(Vec::new());
+    };
+    let span = Location {
+        slot: first.slot,
+        offset: first.offset,
+        len: last.offset + last.len - first.offset,
+    };
+    let bytes = core.read_flash(&span).map_err(io)?;
+    Ok(group
+        .iter()
+        .map(|(fp, l)| {
+            let at = (l.offset - first.offset) as usize;
+            (*fp, bytes[at..at + l.len as usize].to_vec())
+        })
+        .collect())
 }
 
 /// Whether `bytes` are a sound copy of `fingerprint`: a frame whose
