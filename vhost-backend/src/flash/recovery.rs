@@ -91,20 +91,7 @@ pub fn recover(shared: &Shared) -> anyhow::Result<usize> {
     }
 
     let mut replay = BatchReplay::new(shared);
-    {
-        let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
-        for v in &cp.vdisks {
-            let map = shared.open_map(v.block_count, v.root);
-            vdisks.push(Arc::new(StoreVdisk::new(
-                v.id,
-                v.name.clone(),
-                map,
-                shared.core.clone(),
-            )));
-            replay.applied.insert(v.id, v.applied_seq);
-        }
-    }
-    core.lock().next_seq = cp.next_seq.max(1);
+    replay.load(&cp);
     for record in &chain[1..] {
         if record.header.kind != RecordKind::Batch {
             continue;
@@ -146,18 +133,7 @@ pub fn refill_from_pool(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<
         Some((through_seq, state)) => {
             let cp =
                 Checkpoint::decode(&state).context("the pool's commit of this host is damaged")?;
-            let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
-            for v in &cp.vdisks {
-                let map = shared.open_map(v.block_count, v.root);
-                vdisks.push(Arc::new(StoreVdisk::new(
-                    v.id,
-                    v.name.clone(),
-                    map,
-                    shared.core.clone(),
-                )));
-                replay.applied.insert(v.id, v.applied_seq);
-            }
-            core.lock().next_seq = cp.next_seq.max(1);
+            replay.load(&cp);
             tracing::info!(
                 through_seq,
                 vdisks = cp.vdisks.len(),
@@ -275,6 +251,25 @@ impl<'a> BatchReplay<'a> {
             store_frames: true,
             by_id: FxHashMap::default(),
         }
+    }
+
+    /// Starts from checkpoint `cp` (the flash's last one, or the host's
+    /// commit in the pool): its vdisks at their roots, and the updates
+    /// each root already reflects.
+    pub fn load(&mut self, cp: &Checkpoint) {
+        let shared = self.shared;
+        let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
+        for v in &cp.vdisks {
+            let map = shared.open_map(v.block_count, v.root);
+            vdisks.push(Arc::new(StoreVdisk::new(
+                v.id,
+                v.name.clone(),
+                map,
+                shared.core.clone(),
+            )));
+            self.applied.insert(v.id, v.applied_seq);
+        }
+        shared.core.lock().next_seq = cp.next_seq.max(1);
     }
 
     /// Vdisk `id` of the store, if it has one.

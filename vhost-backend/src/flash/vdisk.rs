@@ -163,12 +163,10 @@ impl StoreVdisk {
                 if fp.is_zero() {
                     continue;
                 }
-                if state.index.contains_key(fp) {
-                    // A new reference: keep it from a cleaner running now.
-                    if let Some(touched) = state.touched.as_mut() {
-                        touched.insert(*fp);
-                    }
-                } else if !misses.iter().any(|&m| fingerprints[m] == *fp) {
+                // A hit is protected from the cleaner below, under the
+                // lock that also records the reference.
+                if !state.index.contains_key(fp) && !misses.iter().any(|&m| fingerprints[m] == *fp)
+                {
                     misses.push(i);
                 }
             }
