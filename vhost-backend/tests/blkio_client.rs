@@ -1548,16 +1548,24 @@ fn kill_9_of_the_pool_under_load_loses_no_acknowledged_write() {
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Writes `rounds` passes of unique data over the whole of `q`'s disk, in
-/// MiB requests, into `model`.
-fn overwrite_whole_disk(q: &mut Queue, rng: &mut TestRng, model: &mut [u8], rounds: usize) {
+/// MiB requests, into `model`; a failed write panics with `daemon`'s log.
+fn overwrite_whole_disk(
+    daemon: &Daemon,
+    q: &mut Queue,
+    rng: &mut TestRng,
+    model: &mut [u8],
+    rounds: usize,
+) {
     let size = model.len() as u64;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for batch in 0..size / (4 * MIB) {
             let writes: Vec<(u64, Vec<u8>)> = (0..4)
                 .map(|i| ((batch * 4 + i) * MIB, rng.bytes(MIB as usize)))
                 .collect();
             for r in q.batch(&Req::writes(&writes)) {
-                r.expect("write");
+                r.unwrap_or_else(|e| {
+                    panic!("round {round}: write failed: {e:?}; log:\n{}", daemon.log())
+                });
             }
             for (offset, data) in &writes {
                 model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
@@ -1583,7 +1591,7 @@ fn destaged_data_reads_back_from_the_stripes_with_two_drives_gone() {
     {
         let mut client = Client::open(&daemon, 1);
         let q = client.q();
-        overwrite_whole_disk(q, &mut rng, &mut model, 2);
+        overwrite_whole_disk(&daemon, q, &mut rng, &mut model, 2);
         write_scattered(q, &mut rng, &mut model, 32);
     }
     let destages = daemon.wait_for_counter("destages", 1, BACKGROUND_TIMEOUT);
@@ -1642,7 +1650,7 @@ fn a_corrupt_frame_on_host_flash_is_repaired_from_the_pool() {
     let mut rng = TestRng::new(0xbad);
     {
         let mut client = Client::open(&daemon, 1);
-        overwrite_whole_disk(client.q(), &mut rng, &mut model, 1);
+        overwrite_whole_disk(&daemon, client.q(), &mut rng, &mut model, 1);
     }
     // Every write is in the pool's stripes once a destage covers the last
     // NVLOG record.
@@ -1704,20 +1712,7 @@ fn the_cleaner_reclaims_overwritten_data_on_a_small_flash() {
     for pass in 0..8 {
         {
             let mut client = Client::open(&daemon, 1);
-            let q = client.q();
-            for batch in 0..size / (4 * MIB) {
-                let writes: Vec<(u64, Vec<u8>)> = (0..4)
-                    .map(|i| ((batch * 4 + i) * MIB, rng.bytes(MIB as usize)))
-                    .collect();
-                for r in q.batch(&Req::writes(&writes)) {
-                    r.unwrap_or_else(|e| {
-                        panic!("pass {pass}: write failed: {e:?}; log:\n{}", daemon.log())
-                    });
-                }
-                for (offset, data) in &writes {
-                    model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
-                }
-            }
+            overwrite_whole_disk(&daemon, client.q(), &mut rng, &mut model, 1);
         }
         if pass % 3 == 2 {
             daemon.kill_and_restart();
