@@ -22,6 +22,8 @@
 //! | 10 | `DriveStatus` | — |
 //! | 11 | `SetDrive` | drive u16, failed u8 (admin only) |
 //! | 12 | `Rebuild` | — (admin only) |
+//! | 13 | `Open` | epoch u64 (0: take a new lease) |
+//! | 14 | `ClaimVdisk` | name bytes (UTF-8) |
 //! | 0x81 | `Appended` | seq u64 |
 //! | 0x82 | `Record` | seq u64, payload bytes |
 //! | 0x83 | `ReplayDone` | last_seq u64 |
@@ -35,6 +37,8 @@
 //! | 0x8b | `Commit` | through_seq u64, state bytes |
 //! | 0x8c | `Drives` | max_data_chunks u8, degraded_stripes u64, count u32, failed u8 per drive |
 //! | 0x8d | `Rebuilt` | stripes u64 |
+//! | 0x8e | `Opened` | epoch u64 |
+//! | 0x8f | `Claimed` | — |
 //!
 //! Decoding is total: any byte string gives a message or a [`WireError`],
 //! never a panic, and trailing bytes are an error.
@@ -65,6 +69,8 @@ pub const MAX_STRIPE_ENTRIES: usize = 1 << 16;
 pub const MAX_DRIVES: usize = 4096;
 /// Longest committed host state.
 pub const MAX_STATE_LEN: usize = 4 << 20;
+/// Longest vdisk name a host may claim.
+pub const MAX_VDISK_NAME_LEN: usize = 255;
 
 /// One frame a stripe holds: its name and where its bytes are in the
 /// stripe's data (the data chunks, concatenated).
@@ -149,6 +155,23 @@ pub enum Request {
     /// failed drive, or missing, onto the drives in service.
     /// Administrators only.
     Rebuild,
+    /// Binds this connection to the host's lease, which every request that
+    /// changes the host's state (appends, truncations, stripes, commits,
+    /// claims) needs. Answered by [`Response::Opened`].
+    Open {
+        /// 0 takes a new lease, fencing every connection of an earlier
+        /// one (a restarted or replacement strata-host does this before it
+        /// replays the log); any other value continues that lease, refused
+        /// with [`code::FENCED`] once a newer one was taken.
+        epoch: u64,
+    },
+    /// Records this host as the one serving vdisk `name`; refused with
+    /// [`code::HELD`] while another host holds it. Answered by
+    /// [`Response::Claimed`].
+    ClaimVdisk {
+        /// The vdisk's name, at most [`MAX_VDISK_NAME_LEN`] bytes of UTF-8.
+        name: String,
+    },
 }
 
 /// Error codes of [`Response::Error`].
@@ -163,6 +186,11 @@ pub mod code {
     pub const STORAGE: u16 = 4;
     /// The pool's drives cannot hold or return the data (too many failed).
     pub const UNAVAILABLE: u16 = 5;
+    /// The connection's lease is not the host's current one (a newer
+    /// strata-host took over), or it never opened one.
+    pub const FENCED: u16 = 6;
+    /// The vdisk is held by another host.
+    pub const HELD: u16 = 7;
 }
 
 /// A response from the pool.
@@ -243,6 +271,13 @@ pub enum Response {
         /// Stripes rewritten.
         stripes: u64,
     },
+    /// The connection holds lease `epoch`.
+    Opened {
+        /// The lease's fencing epoch.
+        epoch: u64,
+    },
+    /// A [`Request::ClaimVdisk`] is durable.
+    Claimed,
     /// The request failed.
     Error {
         /// One of [`code`].
@@ -279,8 +314,8 @@ pub enum WireError {
         /// The limit.
         limit: usize,
     },
-    /// An error message that is not UTF-8.
-    #[error("error message is not UTF-8")]
+    /// An error message or a name that is not UTF-8.
+    #[error("text field is not UTF-8")]
     NotUtf8,
     /// A yes/no byte other than 0 or 1.
     #[error("flag byte {0:#04x} is neither 0 nor 1")]
@@ -347,6 +382,14 @@ impl Request {
                 w.u8(u8::from(*failed));
             }
             Request::Rebuild => w.u8(12),
+            Request::Open { epoch } => {
+                w.u8(13);
+                w.u64(*epoch);
+            }
+            Request::ClaimVdisk { name } => {
+                w.u8(14);
+                w.bytes(name.as_bytes());
+            }
         }
         w.finish()
     }
@@ -412,6 +455,10 @@ impl Request {
                 failed: r.flag()?,
             },
             12 => Request::Rebuild,
+            13 => Request::Open { epoch: r.u64()? },
+            14 => Request::ClaimVdisk {
+                name: r.text("vdisk name", MAX_VDISK_NAME_LEN)?,
+            },
             kind => return Err(WireError::UnknownKind(kind)),
         };
         r.end()?;
@@ -492,6 +539,11 @@ impl Response {
                 w.u8(0x8d);
                 w.u64(*stripes);
             }
+            Response::Opened { epoch } => {
+                w.u8(0x8e);
+                w.u64(*epoch);
+            }
+            Response::Claimed => w.u8(0x8f),
             Response::Error { code, message } => {
                 w.u8(0x86);
                 w.u16(*code);
@@ -526,8 +578,7 @@ impl Response {
             },
             0x86 => Response::Error {
                 code: r.u16()?,
-                message: String::from_utf8(r.bytes("message", MAX_MESSAGE_LEN)?.to_vec())
-                    .map_err(|_| WireError::NotUtf8)?,
+                message: r.text("message", MAX_MESSAGE_LEN)?,
             },
             0x87 => {
                 let count = r.count("lookup answer", MAX_FINGERPRINTS, 1)?;
@@ -546,6 +597,8 @@ impl Response {
                 }
             }
             0x8d => Response::Rebuilt { stripes: r.u64()? },
+            0x8e => Response::Opened { epoch: r.u64()? },
+            0x8f => Response::Claimed,
             0x88 => Response::StripeStored { stripe: r.u64()? },
             0x89 => {
                 let count = r.count("frame list", MAX_FRAMES, 4)?;
@@ -695,6 +748,10 @@ impl<'a> Reader<'a> {
         }
         self.take(len)
     }
+    fn text(&mut self, what: &'static str, limit: usize) -> Result<String, WireError> {
+        let bytes = self.bytes(what, limit)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| WireError::NotUtf8)
+    }
     fn end(&self) -> Result<(), WireError> {
         match self.bytes.len() - self.at {
             0 => Ok(()),
@@ -757,6 +814,11 @@ mod tests {
                 failed: true,
             },
             Request::Rebuild,
+            Request::Open { epoch: 0 },
+            Request::Open { epoch: u64::MAX },
+            Request::ClaimVdisk {
+                name: "db-é".to_string(),
+            },
         ]
     }
 
@@ -797,6 +859,8 @@ mod tests {
                 failed: vec![false, true, false, false, true, false],
             },
             Response::Rebuilt { stripes: 12 },
+            Response::Opened { epoch: 3 },
+            Response::Claimed,
         ]
     }
 
@@ -882,6 +946,21 @@ mod tests {
         e.extend_from_slice(&2u32.to_le_bytes());
         e.extend_from_slice(&[0xff, 0xfe]);
         assert_eq!(Response::decode(&e), Err(WireError::NotUtf8));
+        // A vdisk name that is not UTF-8, or longer than any name.
+        let mut c = vec![14];
+        c.extend_from_slice(&1u32.to_le_bytes());
+        c.push(0xc3);
+        assert_eq!(Request::decode(&c), Err(WireError::NotUtf8));
+        let mut c = vec![14];
+        c.extend_from_slice(&(MAX_VDISK_NAME_LEN as u32 + 1).to_le_bytes());
+        c.extend(std::iter::repeat_n(b'a', MAX_VDISK_NAME_LEN + 1));
+        assert!(matches!(
+            Request::decode(&c),
+            Err(WireError::TooLong {
+                what: "vdisk name",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The pool's metadata in redb (crash-safe, one file `catalog.redb` under
 //! the data directory): the stripe table, the global fingerprint index and
-//! the hosts' committed states.
+//! the hosts' committed states and leases, and which host holds each
+//! vdisk.
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -8,6 +9,12 @@
 //! | `frames` | fingerprint (32 bytes) | stripe u64, offset u32, len u32 |
 //! | `commits` | host name | through_seq u64, state bytes |
 //! | `drives` | drive number u16 | 1 if failed |
+//! | `leases` | host name | fencing epoch u64 of the host's current lease |
+//! | `vdisks` | vdisk name | the name of the host that holds it |
+//!
+//! A commit or a vdisk claim checks the host's lease epoch in its own
+//! transaction, so a host fenced by a newer lease can never overwrite the
+//! state its successor loaded (redb serialises write transactions).
 //!
 //! A stripe and its index entries go in one transaction, after its chunks
 //! are durable on the drives; an entry already indexed keeps its first
@@ -24,6 +31,40 @@ const STRIPES: TableDefinition<u64, &[u8]> = TableDefinition::new("stripes");
 const FRAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("frames");
 const COMMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("commits");
 const DRIVES: TableDefinition<u16, u8> = TableDefinition::new("drives");
+const LEASES: TableDefinition<&str, u64> = TableDefinition::new("leases");
+const VDISKS: TableDefinition<&str, &str> = TableDefinition::new("vdisks");
+
+/// Why a change to the namespace was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    /// The host's lease was taken over by a newer one.
+    #[error("lease epoch {held} of host {host} is fenced: epoch {current} took over")]
+    Fenced {
+        /// The host.
+        host: String,
+        /// The epoch the request came with.
+        held: u64,
+        /// The host's current epoch.
+        current: u64,
+    },
+    /// Another host holds the vdisk.
+    #[error("vdisk {vdisk:?} is held by host {holder}")]
+    Held {
+        /// The vdisk.
+        vdisk: String,
+        /// Its holder.
+        holder: String,
+    },
+    /// The catalog could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+impl From<redb::Error> for NamespaceError {
+    fn from(e: redb::Error) -> Self {
+        NamespaceError::Storage(e.into())
+    }
+}
 const RECORD_HEADER: usize = 11;
 
 /// Where a stripe's chunks are and how long they are.
@@ -113,6 +154,8 @@ impl Catalog {
         tx.open_table(FRAMES)?;
         tx.open_table(COMMITS)?;
         tx.open_table(DRIVES)?;
+        tx.open_table(LEASES)?;
+        tx.open_table(VDISKS)?;
         tx.commit()?;
         Ok(Catalog { db })
     }
@@ -233,14 +276,75 @@ impl Catalog {
             .collect()
     }
 
-    /// Records `host`'s state, covering its NVLOG through `through_seq`.
-    pub fn commit(&self, host: &str, through_seq: u64, state: &[u8]) -> anyhow::Result<()> {
+    /// Records `host`'s state, covering its NVLOG through `through_seq`,
+    /// if `epoch` is still the host's lease.
+    pub fn commit(
+        &self,
+        host: &str,
+        epoch: u64,
+        through_seq: u64,
+        state: &[u8],
+    ) -> Result<(), NamespaceError> {
         let mut value = Vec::with_capacity(8 + state.len());
         value.extend_from_slice(&through_seq.to_le_bytes());
         value.extend_from_slice(state);
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        check_lease(&tx, host, epoch)?;
+        tx.open_table(COMMITS)
+            .map_err(redb::Error::from)?
+            .insert(host, value.as_slice())
+            .map_err(redb::Error::from)?;
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// The epoch of `host`'s current lease (0 if it never took one).
+    pub fn lease_epoch(&self, host: &str) -> anyhow::Result<u64> {
+        let tx = self.db.begin_read()?;
+        let epoch = tx.open_table(LEASES)?.get(host)?.map_or(0, |v| v.value());
+        Ok(epoch)
+    }
+
+    /// Gives `host` a new lease, one epoch above its last, and returns the
+    /// epoch. Every request made under an earlier epoch is refused from
+    /// the moment this returns.
+    pub fn take_lease(&self, host: &str) -> anyhow::Result<u64> {
         let tx = self.db.begin_write()?;
-        tx.open_table(COMMITS)?.insert(host, value.as_slice())?;
+        let epoch = {
+            let mut leases = tx.open_table(LEASES)?;
+            let epoch = leases.get(host)?.map_or(0, |v| v.value()) + 1;
+            leases.insert(host, epoch)?;
+            epoch
+        };
         tx.commit()?;
+        Ok(epoch)
+    }
+
+    /// Records `host`, under lease `epoch`, as the holder of vdisk `vdisk`
+    /// (a no-op if it already is).
+    pub fn claim_vdisk(&self, host: &str, epoch: u64, vdisk: &str) -> Result<(), NamespaceError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        check_lease(&tx, host, epoch)?;
+        {
+            let mut vdisks = tx.open_table(VDISKS).map_err(redb::Error::from)?;
+            let holder = vdisks
+                .get(vdisk)
+                .map_err(redb::Error::from)?
+                .map(|v| v.value().to_string());
+            match holder {
+                Some(holder) if holder == host => return Ok(()),
+                Some(holder) => {
+                    return Err(NamespaceError::Held {
+                        vdisk: vdisk.to_string(),
+                        holder,
+                    })
+                }
+                None => {
+                    vdisks.insert(vdisk, host).map_err(redb::Error::from)?;
+                }
+            }
+        }
+        tx.commit().map_err(redb::Error::from)?;
         Ok(())
     }
 
@@ -257,6 +361,24 @@ impl Catalog {
         through.copy_from_slice(&v[..8]);
         Ok(Some((u64::from_le_bytes(through), v[8..].to_vec())))
     }
+}
+
+/// Refuses a change made under `epoch` unless it is `host`'s current lease.
+fn check_lease(tx: &redb::WriteTransaction, host: &str, epoch: u64) -> Result<(), NamespaceError> {
+    let current = tx
+        .open_table(LEASES)
+        .map_err(redb::Error::from)?
+        .get(host)
+        .map_err(redb::Error::from)?
+        .map_or(0, |v| v.value());
+    if epoch == 0 || epoch != current {
+        return Err(NamespaceError::Fenced {
+            host: host.to_string(),
+            held: epoch,
+            current,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -288,7 +410,8 @@ mod tests {
             catalog
                 .add_stripe(2, &record, &[entry(a, 500), entry(b, 100)])
                 .unwrap();
-            catalog.commit("host1", 42, b"roots").unwrap();
+            let epoch = catalog.take_lease("host1").unwrap();
+            catalog.commit("host1", epoch, 42, b"roots").unwrap();
             catalog.set_drive(4, true).unwrap();
         }
         let catalog = Catalog::open(dir.path()).unwrap();
@@ -334,5 +457,50 @@ mod tests {
         let all = catalog.stripes().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0], (1, rebuilt));
+    }
+
+    #[test]
+    fn a_newer_lease_fences_commits_and_claims_of_the_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        assert_eq!(catalog.lease_epoch("h1").unwrap(), 0);
+        // No lease at all: nothing may change.
+        assert!(matches!(
+            catalog.commit("h1", 0, 1, b"x"),
+            Err(NamespaceError::Fenced { current: 0, .. })
+        ));
+        let old = catalog.take_lease("h1").unwrap();
+        catalog.claim_vdisk("h1", old, "db").unwrap();
+        catalog.commit("h1", old, 5, b"first").unwrap();
+        let new = catalog.take_lease("h1").unwrap();
+        assert_eq!(new, old + 1);
+        assert!(matches!(
+            catalog.commit("h1", old, 6, b"stale"),
+            Err(NamespaceError::Fenced { held, current, .. }) if held == old && current == new
+        ));
+        assert!(matches!(
+            catalog.claim_vdisk("h1", old, "other"),
+            Err(NamespaceError::Fenced { .. })
+        ));
+        assert_eq!(
+            catalog.load_commit("h1").unwrap(),
+            Some((5, b"first".to_vec()))
+        );
+        // The same host keeps its vdisk under the new lease; another host
+        // cannot take it.
+        catalog.claim_vdisk("h1", new, "db").unwrap();
+        let h2 = catalog.take_lease("h2").unwrap();
+        assert!(matches!(
+            catalog.claim_vdisk("h2", h2, "db"),
+            Err(NamespaceError::Held { holder, .. }) if holder == "h1"
+        ));
+        catalog.claim_vdisk("h2", h2, "logs").unwrap();
+        drop(catalog);
+        let catalog = Catalog::open(dir.path()).unwrap();
+        assert_eq!(catalog.lease_epoch("h1").unwrap(), new);
+        assert!(matches!(
+            catalog.claim_vdisk("h1", new, "logs"),
+            Err(NamespaceError::Held { .. })
+        ));
     }
 }

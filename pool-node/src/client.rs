@@ -71,6 +71,15 @@ impl PoolClient {
         self.recv().await
     }
 
+    /// Binds this connection to the host's lease `epoch` (0: take a new
+    /// one, fencing every earlier holder) and returns the lease's epoch.
+    pub async fn open(&mut self, epoch: u64) -> anyhow::Result<u64> {
+        match self.call(&Request::Open { epoch }).await? {
+            Response::Opened { epoch } => Ok(epoch),
+            other => bail!("open lease {epoch}: pool {} answered {other:?}", self.pool),
+        }
+    }
+
     /// Appends record `seq` and waits until it is durable.
     pub async fn append(&mut self, seq: u64, payload: Vec<u8>) -> anyhow::Result<()> {
         match self.call(&Request::Append { seq, payload }).await? {

@@ -3,11 +3,13 @@
 //! It serves each host's NVLOG ([`nvlog`]) and the erasure-coded stripes
 //! of the drive pool ([`stripes`] over [`drives`], found through the redb
 //! [`catalog`]) over mutually authenticated TLS ([`server`]); [`client`]
-//! is the host's side.
+//! is the host's side; [`process`] runs a pool node as a child process
+//! for harnesses.
 
 pub mod catalog;
 pub mod client;
 pub mod drives;
 pub mod nvlog;
+pub mod process;
 pub mod server;
 pub mod stripes;

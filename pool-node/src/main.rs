@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let server = PoolServer::bind(args.listen, tls, settings).await?;
         let addr = server.local_addr()?;
-        eprintln!("strata-pool: listening on {addr}");
+        eprintln!("{}{addr}", strata_pool::process::LISTENING_PREFIX);
         tokio::select! {
             () = server.run() => {}
             r = tokio::signal::ctrl_c() => { r?; }

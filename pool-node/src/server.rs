@@ -10,10 +10,19 @@
 //! reserves their bytes against the host's quota and waits while it is
 //! full, so a host near its quota slows down instead of failing; other
 //! requests (a truncation that frees room, above all) go straight on.
+//!
+//! Leases: a connection may change its host's state only after
+//! [`Request::Open`] bound it to the host's current lease. Taking a new
+//! lease goes through the log's writer thread, in order with the appends:
+//! every append queued before it is durable before it, and every append
+//! after it that carries an older epoch is refused, so a strata-host that
+//! took over replays a log its fenced predecessor can no longer extend.
+//! Commits and vdisk claims check the epoch in their catalog transaction.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::catalog::NamespaceError;
 use crate::drives::Drives;
 use crate::nvlog::{record_bytes, Nvlog};
 use crate::stripes::{DriveReport, StripeError, StripeStore};
@@ -53,11 +63,16 @@ pub struct PoolSettings {
 enum LogOp {
     Append {
         seq: u64,
+        epoch: u64,
         payload: Vec<u8>,
         done: oneshot::Sender<Response>,
     },
     Truncate {
         through_seq: u64,
+        epoch: u64,
+        done: oneshot::Sender<Response>,
+    },
+    TakeLease {
         done: oneshot::Sender<Response>,
     },
     Replay {
@@ -69,10 +84,14 @@ enum LogOp {
     },
 }
 
-/// One host's NVLOG as the server sees it: its writer thread and quota.
+/// One host's NVLOG as the server sees it: its writer thread, quota and
+/// lease.
 struct HostLog {
     host: String,
     ops: std_mpsc::Sender<LogOp>,
+    /// The epoch of the host's current lease (0: none yet), set by the
+    /// writer thread once a new lease is durable in the catalog.
+    epoch: AtomicU64,
     quota: u64,
     reserved: Mutex<u64>,
     room: Notify,
@@ -80,20 +99,27 @@ struct HostLog {
 
 impl HostLog {
     /// Opens host `host`'s log and starts its writer thread.
-    fn open(settings: &PoolSettings, host: &str) -> anyhow::Result<Arc<HostLog>> {
+    fn open(
+        settings: &PoolSettings,
+        host: &str,
+        stripes: Arc<StripeStore>,
+    ) -> anyhow::Result<Arc<HostLog>> {
         let dir = settings.data_dir.join("nvlog").join(host);
         let log = Nvlog::open(&dir)?;
+        let epoch = stripes.catalog().lease_epoch(host)?;
         tracing::info!(
             host,
             records_bytes = log.used(),
             last_seq = log.last_seq(),
             truncated_through = log.truncated_through(),
+            epoch,
             "NVLOG opened"
         );
         let (tx, rx) = std_mpsc::channel();
         let host_log = Arc::new(HostLog {
             host: host.to_string(),
             ops: tx,
+            epoch: AtomicU64::new(epoch),
             quota: settings.nvlog_quota,
             reserved: Mutex::new(log.used()),
             room: Notify::new(),
@@ -101,7 +127,7 @@ impl HostLog {
         let weak = Arc::downgrade(&host_log);
         std::thread::Builder::new()
             .name(format!("nvlog-{host}"))
-            .spawn(move || run_writer(log, rx, weak))?;
+            .spawn(move || run_writer(log, rx, weak, &stripes))?;
         Ok(host_log)
     }
 
@@ -132,6 +158,15 @@ impl HostLog {
         self.room.notify_waiters();
     }
 
+    /// Refuses a change made under `epoch` unless it is the current lease.
+    fn check_lease(&self, epoch: Option<u64>) -> Result<u64, Response> {
+        let current = self.epoch.load(Ordering::Acquire);
+        match epoch {
+            Some(e) if e == current => Ok(e),
+            _ => Err(fenced(&self.host, epoch, current)),
+        }
+    }
+
     fn send(&self, op: LogOp) -> Result<(), Response> {
         self.ops.send(op).map_err(|_| Response::Error {
             code: code::STORAGE,
@@ -140,8 +175,28 @@ impl HostLog {
     }
 }
 
+/// The answer to a request made under `held` (`None`: no lease opened)
+/// while `current` is the host's lease.
+fn fenced(host: &str, held: Option<u64>, current: u64) -> Response {
+    let message = match held {
+        None => format!("host {host}: open a lease before changing the host's state"),
+        Some(held) => format!(
+            "host {host}: lease epoch {held} is fenced: epoch {current} took over (another strata-host serves this host's vdisks)"
+        ),
+    };
+    Response::Error {
+        code: code::FENCED,
+        message,
+    }
+}
+
 /// The writer thread of one host's log.
-fn run_writer(mut log: Nvlog, ops: std_mpsc::Receiver<LogOp>, host: std::sync::Weak<HostLog>) {
+fn run_writer(
+    mut log: Nvlog,
+    ops: std_mpsc::Receiver<LogOp>,
+    host: std::sync::Weak<HostLog>,
+    stripes: &StripeStore,
+) {
     let mut pending: Option<LogOp> = None;
     loop {
         let op = match pending.take() {
@@ -152,13 +207,21 @@ fn run_writer(mut log: Nvlog, ops: std_mpsc::Receiver<LogOp>, host: std::sync::W
             },
         };
         match op {
-            LogOp::Append { seq, payload, done } => {
-                let mut group = vec![(seq, payload, done)];
+            LogOp::Append {
+                seq,
+                epoch,
+                payload,
+                done,
+            } => {
+                let mut group = vec![(seq, epoch, payload, done)];
                 while group.len() < MAX_GROUP {
                     match ops.try_recv() {
-                        Ok(LogOp::Append { seq, payload, done }) => {
-                            group.push((seq, payload, done))
-                        }
+                        Ok(LogOp::Append {
+                            seq,
+                            epoch,
+                            payload,
+                            done,
+                        }) => group.push((seq, epoch, payload, done)),
                         Ok(other) => {
                             pending = Some(other);
                             break;
@@ -168,7 +231,36 @@ fn run_writer(mut log: Nvlog, ops: std_mpsc::Receiver<LogOp>, host: std::sync::W
                 }
                 commit_group(&mut log, group, &host);
             }
-            LogOp::Truncate { through_seq, done } => {
+            LogOp::TakeLease { done } => {
+                // Every connection that sends ops holds the host log.
+                let Some(h) = host.upgrade() else { return };
+                let response = match stripes.catalog().take_lease(&h.host) {
+                    Ok(epoch) => {
+                        h.epoch.store(epoch, Ordering::Release);
+                        tracing::info!(host = %h.host, epoch, "new lease: earlier ones are fenced");
+                        Response::Opened { epoch }
+                    }
+                    Err(e) => {
+                        tracing::error!(host = %h.host, error = %format!("{e:#}"), "cannot record a new lease");
+                        Response::Error {
+                            code: code::STORAGE,
+                            message: format!("cannot record a new lease: {e:#}"),
+                        }
+                    }
+                };
+                let _ = done.send(response);
+            }
+            LogOp::Truncate {
+                through_seq,
+                epoch,
+                done,
+            } => {
+                let Some(h) = host.upgrade() else { return };
+                if let Err(refused) = h.check_lease(Some(epoch)) {
+                    let _ = done.send(refused);
+                    continue;
+                }
+                drop(h);
                 let response = match log.truncate(through_seq) {
                     Ok(freed) => {
                         if let Some(h) = host.upgrade() {
@@ -209,45 +301,47 @@ fn run_writer(mut log: Nvlog, ops: std_mpsc::Receiver<LogOp>, host: std::sync::W
 /// whose sequence number is not above the one before fail alone.
 fn commit_group(
     log: &mut Nvlog,
-    group: Vec<(u64, Vec<u8>, oneshot::Sender<Response>)>,
+    group: Vec<(u64, u64, Vec<u8>, oneshot::Sender<Response>)>,
     host: &std::sync::Weak<HostLog>,
 ) {
+    let Some(host) = host.upgrade() else { return };
     let mut last = log.last_seq();
-    let accepted: Vec<bool> = group
+    let verdicts: Vec<Result<(), Response>> = group
         .iter()
-        .map(|(seq, _, _)| {
-            let ok = *seq > last;
-            last = last.max(*seq);
-            ok
+        .map(|(seq, epoch, _, _)| {
+            host.check_lease(Some(*epoch))?;
+            if *seq <= last {
+                return Err(Response::Error {
+                    code: code::STALE_SEQUENCE,
+                    message: format!("sequence {seq} is not above the last appended"),
+                });
+            }
+            last = *seq;
+            Ok(())
         })
         .collect();
     let batch: Vec<(u64, &[u8])> = group
         .iter()
-        .zip(&accepted)
-        .filter(|(_, ok)| **ok)
-        .map(|((seq, payload, _), _)| (*seq, payload.as_slice()))
+        .zip(&verdicts)
+        .filter(|(_, verdict)| verdict.is_ok())
+        .map(|((seq, _, payload, _), _)| (*seq, payload.as_slice()))
         .collect();
     let result = log.append_batch(&batch);
     drop(batch);
     let mut unused = 0;
     let mut answers = Vec::with_capacity(group.len());
-    for ((seq, payload, done), ok) in group.into_iter().zip(accepted) {
-        let response = match (&result, ok) {
-            (Ok(()), true) => Response::Appended { seq },
-            (Err(e), true) => storage_error(e),
-            (_, false) => Response::Error {
-                code: code::STALE_SEQUENCE,
-                message: format!("sequence {seq} is not above the last appended"),
-            },
+    for ((seq, _, payload, done), verdict) in group.into_iter().zip(verdicts) {
+        let response = match (&result, verdict) {
+            (Ok(()), Ok(())) => Response::Appended { seq },
+            (Err(e), Ok(())) => storage_error(e),
+            (_, Err(refused)) => refused,
         };
         if !matches!(response, Response::Appended { .. }) {
             unused += record_bytes(payload.len());
         }
         answers.push((done, response));
     }
-    if let Some(h) = host.upgrade() {
-        h.release(unused);
-    }
+    host.release(unused);
     for (done, response) in answers {
         let _ = done.send(response);
     }
@@ -333,7 +427,7 @@ impl PoolServer {
         if let Some(log) = logs.get(host) {
             return Ok(log.clone());
         }
-        let log = HostLog::open(&self.settings, host)?;
+        let log = HostLog::open(&self.settings, host, self.stripes.clone())?;
         logs.insert(host.to_string(), log.clone());
         Ok(log)
     }
@@ -381,10 +475,19 @@ impl PoolServer {
         let writer = tokio::spawn(write_responses(wr, prx));
         let (atx, arx) = mpsc::channel(wire::MAX_IN_FLIGHT);
         let appender = tokio::spawn(run_appender(log.clone(), arx));
+        // The lease this connection acts under, once it opened one.
+        let mut lease: Option<u64> = None;
         loop {
             let pending = match read_request(&mut rd).await {
                 Ok(None) => break,
-                Ok(Some(Ok(request))) => handle(&log, &atx, self, request).await,
+                Ok(Some(Ok(Request::Open { epoch }))) => {
+                    let response = open_lease(&log, epoch).await;
+                    if let Response::Opened { epoch } = response {
+                        lease = Some(epoch);
+                    }
+                    Pending::Ready(response)
+                }
+                Ok(Some(Ok(request))) => handle(&log, lease, &atx, self, request).await,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(%peer, host, error = %e, "bad request");
                     Pending::Ready(Response::Error {
@@ -508,23 +611,57 @@ async fn run_appender(log: Arc<HostLog>, mut appends: mpsc::Receiver<LogOp>) {
     }
 }
 
+/// Binds a connection to lease `epoch` of `log`'s host, or to a new one
+/// (epoch 0).
+async fn open_lease(log: &HostLog, epoch: u64) -> Response {
+    if epoch != 0 {
+        return match log.check_lease(Some(epoch)) {
+            Ok(epoch) => Response::Opened { epoch },
+            Err(refused) => refused,
+        };
+    }
+    let (done, answer) = oneshot::channel();
+    if let Err(e) = log.send(LogOp::TakeLease { done }) {
+        return e;
+    }
+    answer.await.unwrap_or_else(|_| Response::Error {
+        code: code::STORAGE,
+        message: format!("NVLOG of host {} stopped", log.host),
+    })
+}
+
 /// Turns one request into its pending response.
 async fn handle(
     log: &HostLog,
+    lease: Option<u64>,
     appender: &mpsc::Sender<LogOp>,
     server: &PoolServer,
     request: Request,
 ) -> Pending {
+    // Requests that change the host's state need the current lease.
+    let epoch = match &request {
+        Request::Append { .. }
+        | Request::Truncate { .. }
+        | Request::PutStripe { .. }
+        | Request::Commit { .. }
+        | Request::ClaimVdisk { .. } => match log.check_lease(lease) {
+            Ok(epoch) => epoch,
+            Err(refused) => return Pending::Ready(refused),
+        },
+        _ => 0,
+    };
     let (tx, rx) = oneshot::channel();
     let op = match request {
         Request::Lookup { .. }
         | Request::PutStripe { .. }
         | Request::GetFrames { .. }
         | Request::Commit { .. }
+        | Request::ClaimVdisk { .. }
         | Request::LoadCommit
         | Request::DriveStatus
         | Request::SetDrive { .. }
-        | Request::Rebuild => {
+        | Request::Rebuild
+        | Request::Open { .. } => {
             let Ok(permit) = server.stripe_permits.clone().acquire_owned().await else {
                 return Pending::Ready(Response::Error {
                     code: code::STORAGE,
@@ -534,7 +671,7 @@ async fn handle(
             let stripes = server.stripes.clone();
             let host = log.host.clone();
             tokio::task::spawn_blocking(move || {
-                let _ = tx.send(serve_pool_request(&stripes, &host, request));
+                let _ = tx.send(serve_pool_request(&stripes, &host, epoch, request));
                 drop(permit);
             });
             return Pending::Later(rx);
@@ -552,6 +689,7 @@ async fn handle(
             }
             let op = LogOp::Append {
                 seq,
+                epoch,
                 payload,
                 done: tx,
             };
@@ -565,6 +703,7 @@ async fn handle(
         }
         Request::Truncate { through_seq } => LogOp::Truncate {
             through_seq,
+            epoch,
             done: tx,
         },
         Request::Status => LogOp::Status { done: tx },
@@ -583,8 +722,9 @@ async fn handle(
 }
 
 /// Answers a request about the drive pool or the host's committed state
-/// (blocking: drive and catalog I/O).
-fn serve_pool_request(stripes: &StripeStore, host: &str, request: Request) -> Response {
+/// (blocking: drive and catalog I/O); `epoch` is the connection's lease,
+/// checked again by the catalog for commits and claims.
+fn serve_pool_request(stripes: &StripeStore, host: &str, epoch: u64, request: Request) -> Response {
     let failed = |code: u16, what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(host, error = %e, "{what} failed");
         Response::Error {
@@ -611,11 +751,15 @@ fn serve_pool_request(stripes: &StripeStore, host: &str, request: Request) -> Re
             Err(e) => stripe_error("reading frames", e),
         },
         Request::Commit { through_seq, state } => {
-            match stripes.catalog().commit(host, through_seq, &state) {
+            match stripes.catalog().commit(host, epoch, through_seq, &state) {
                 Ok(()) => Response::Committed { through_seq },
-                Err(e) => failed(code::STORAGE, "commit", &format!("{e:#}")),
+                Err(e) => namespace_error(host, "commit", e),
             }
         }
+        Request::ClaimVdisk { name } => match stripes.catalog().claim_vdisk(host, epoch, &name) {
+            Ok(()) => Response::Claimed,
+            Err(e) => namespace_error(host, &format!("claiming vdisk {name:?}"), e),
+        },
         Request::LoadCommit => match stripes.catalog().load_commit(host) {
             Ok(commit) => {
                 let (through_seq, state) = commit.unwrap_or_default();
@@ -631,6 +775,20 @@ fn serve_pool_request(stripes: &StripeStore, host: &str, request: Request) -> Re
             code: code::BAD_REQUEST,
             message: format!("not a host's request (administrators only?): {other:?}"),
         },
+    }
+}
+
+/// The error response for a refused commit or claim, logged.
+fn namespace_error(host: &str, what: &str, e: NamespaceError) -> Response {
+    let code = match e {
+        NamespaceError::Fenced { .. } => code::FENCED,
+        NamespaceError::Held { .. } => code::HELD,
+        NamespaceError::Storage(_) => code::STORAGE,
+    };
+    tracing::warn!(host, error = %format!("{e:#}"), "{what} refused");
+    Response::Error {
+        code,
+        message: format!("{what}: {e:#}"),
     }
 }
 

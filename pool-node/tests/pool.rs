@@ -1,61 +1,42 @@
 //! strata-pool as a process: mutual TLS, the NVLOG's durability across
 //! kill -9, quota back-pressure, and hostile requests.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::ClientConfig;
 use strata_common::pki::{ClusterDir, ADMIN_NAME};
 use strata_common::tls;
 use strata_common::wire::{code, Request, Response};
 use strata_pool::client::PoolClient;
+use strata_pool::process::{PoolCommand, PoolProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A running strata-pool, killed with SIGKILL when dropped.
 struct Pool {
-    child: Child,
+    process: PoolProcess,
     addr: SocketAddr,
 }
 
 impl Pool {
     fn start(cluster: &Path, data: &Path, quota: &str, listen: &str) -> Pool {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata-pool"))
-            .args(["--listen", listen, "--nvlog-quota", quota])
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--cluster-dir")
-            .arg(cluster)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start strata-pool");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("strata-pool exited before listening")
-                .expect("read stderr");
-            if let Some(a) = line.strip_prefix("strata-pool: listening on ") {
-                break a.parse().expect("address");
-            }
+        let command = PoolCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_strata-pool")),
+            cluster_dir: cluster.to_path_buf(),
+            data_dir: data.to_path_buf(),
+            nvlog_quota: quota.to_string(),
+            log: data.with_extension("log"),
+            startup_timeout: Duration::from_secs(30),
         };
-        // Keep draining stderr so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Pool { child, addr }
+        let process = PoolProcess::start(command, listen).expect("start strata-pool");
+        let addr = process.address();
+        Pool { process, addr }
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill().expect("kill strata-pool");
     }
 }
 
@@ -84,6 +65,15 @@ fn host_tls(c: &Cluster, host: &str) -> Arc<ClientConfig> {
     tls::client_config(&c.dir, host).expect("client config")
 }
 
+/// A connection of `host` holding a new lease.
+async fn leased(pool: &Pool, c: &Cluster, host: &str) -> PoolClient {
+    let mut client = PoolClient::connect(pool.addr, host_tls(c, host))
+        .await
+        .expect("connect");
+    client.open(0).await.expect("open a lease");
+    client
+}
+
 /// Deterministic payload of record `seq`.
 fn payload(seq: u64) -> Vec<u8> {
     let len = 100 + (seq as usize * 7919) % 9000;
@@ -96,9 +86,7 @@ fn payload(seq: u64) -> Vec<u8> {
 async fn append_replay_truncate_over_mutual_tls() {
     let c = cluster();
     let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
-    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
-        .await
-        .expect("connect");
+    let mut client = leased(&pool, &c, "h1").await;
     for seq in 1..=20 {
         client.append(seq, payload(seq)).await.expect("append");
     }
@@ -184,9 +172,7 @@ async fn peers_without_a_valid_cluster_certificate_are_refused() {
     assert!(!c.data.join("nvlog").join("old").exists());
 
     // The genuine host still gets in.
-    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
-        .await
-        .expect("connect");
+    let mut client = leased(&pool, &c, "h1").await;
     client.append(1, payload(1)).await.expect("append");
 }
 
@@ -195,9 +181,7 @@ async fn acknowledged_appends_survive_kill_9_under_load() {
     let c = cluster();
     let mut pool = Pool::start(&c.root, &c.data, "1G", "127.0.0.1:0");
     let addr = pool.addr;
-    let mut client = PoolClient::connect(addr, host_tls(&c, "h1"))
-        .await
-        .expect("connect");
+    let mut client = leased(&pool, &c, "h1").await;
     // Keep 32 appends in flight; kill the pool after 300 are acknowledged,
     // while the rest are on the wire or in a group commit.
     let mut acked = Vec::new();
@@ -230,9 +214,7 @@ async fn acknowledged_appends_survive_kill_9_under_load() {
     assert!(acked.len() >= 300, "only {} acknowledged", acked.len());
 
     let pool = Pool::start(&c.root, &c.data, "1G", &addr.to_string());
-    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
-        .await
-        .expect("reconnect");
+    let mut client = leased(&pool, &c, "h1").await;
     let (records, last) = client.replay(0).await.expect("replay");
     let max_acked = acked.iter().copied().max().unwrap_or(0);
     assert!(last >= max_acked, "last {last} < acknowledged {max_acked}");
@@ -260,9 +242,7 @@ async fn a_host_at_its_quota_waits_for_truncation() {
     let c = cluster();
     // Three 16 KiB records fit in 50 KiB; the fourth must wait.
     let pool = Pool::start(&c.root, &c.data, "50K", "127.0.0.1:0");
-    let mut writer = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
-        .await
-        .expect("connect");
+    let mut writer = leased(&pool, &c, "h1").await;
     let mut admin = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
         .await
         .expect("connect");
@@ -365,10 +345,119 @@ async fn hostile_frames_get_errors_and_never_stop_the_pool() {
     let _ = raw.read_to_end(&mut sink).await;
 
     // The pool still serves.
-    let mut client = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+    let mut client = leased(&pool, &c, "h1").await;
+    client.append(1, payload(1)).await.expect("append");
+}
+
+/// The error code of a refused request.
+async fn refusal(client: &mut PoolClient, request: Request) -> u16 {
+    match client.call(&request).await {
+        Ok(Response::Error { code: c, .. }) => c,
+        other => panic!("{request:?} answered {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_new_lease_fences_every_connection_of_the_old_one() {
+    let c = cluster();
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+    // Without a lease, nothing that changes the host's state is taken.
+    let mut bare = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
         .await
         .expect("connect");
-    client.append(1, payload(1)).await.expect("append");
+    let append = |seq: u64| Request::Append {
+        seq,
+        payload: payload(seq),
+    };
+    assert_eq!(refusal(&mut bare, append(1)).await, code::FENCED);
+
+    let mut old = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    let old_epoch = old.open(0).await.expect("open");
+    for seq in 1..=3 {
+        old.append(seq, payload(seq)).await.expect("append");
+    }
+    // A second connection may join the current lease (as the destager's
+    // does).
+    let mut joined = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    assert_eq!(joined.open(old_epoch).await.expect("join"), old_epoch);
+
+    // A new strata-host takes over.
+    let mut new = leased(&pool, &c, "h1").await;
+    let (records, last) = new.replay(0).await.expect("replay");
+    assert_eq!(last, 3);
+    assert_eq!(records.len(), 3);
+
+    // Every connection of the old lease is refused whatever it tries.
+    for client in [&mut old, &mut joined] {
+        assert_eq!(refusal(client, append(4)).await, code::FENCED);
+        assert_eq!(
+            refusal(client, Request::Truncate { through_seq: 3 }).await,
+            code::FENCED
+        );
+        assert_eq!(
+            refusal(
+                client,
+                Request::Commit {
+                    through_seq: 3,
+                    state: b"stale".to_vec()
+                }
+            )
+            .await,
+            code::FENCED
+        );
+        assert_eq!(
+            refusal(
+                client,
+                Request::ClaimVdisk {
+                    name: "db".to_string()
+                }
+            )
+            .await,
+            code::FENCED
+        );
+        assert_eq!(
+            refusal(
+                client,
+                Request::PutStripe {
+                    k: 1,
+                    data_len: 64,
+                    chunks: vec![vec![1; 64]; 3],
+                    entries: Vec::new()
+                }
+            )
+            .await,
+            code::FENCED
+        );
+        // Nor can it rejoin its old lease.
+        assert_eq!(
+            refusal(client, Request::Open { epoch: old_epoch }).await,
+            code::FENCED
+        );
+    }
+    // The new lease carries on from the log as the old one left it.
+    new.append(4, payload(4))
+        .await
+        .expect("append under the new lease");
+    match new.call(&Request::ClaimVdisk { name: "db".into() }).await {
+        Ok(Response::Claimed) => {}
+        other => panic!("claim answered {other:?}"),
+    }
+    let (records, last) = new.replay(0).await.expect("replay");
+    assert_eq!(last, 4);
+    for (seq, bytes) in &records {
+        assert_eq!(*bytes, payload(*seq), "record {seq}");
+    }
+    // Another host cannot claim a vdisk h1 holds.
+    c.dir.add_host("h2").expect("host h2");
+    let mut other = leased(&pool, &c, "h2").await;
+    assert_eq!(
+        refusal(&mut other, Request::ClaimVdisk { name: "db".into() }).await,
+        code::HELD
+    );
 }
 
 #[tokio::test]

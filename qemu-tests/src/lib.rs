@@ -18,6 +18,8 @@
 //!
 //! - `STRATA_QEMU_TESTS_SERVER`: `strata-host` (default) or
 //!   `qemu-storage-daemon`, see [`ServerKind::from_env`].
+//! - `STRATA_TEST_POOL=1`: strata-host writes through a `strata-pool` the
+//!   harness starts beside it (its flash is then a cache).
 //! - `STRATA_HOST_BIN`, `STRATA_QSD_BIN`, `STRATA_QEMU_BIN`: binaries to use
 //!   instead of the defaults.
 //! - `STRATA_QEMU_ACCEL`: QEMU accelerator (default `tcg`; see [`Vm::new`]).
@@ -33,7 +35,7 @@ mod vm;
 pub use cpio::CpioWriter;
 pub use image::GuestImage;
 pub use server::{DiskSpec, Server, ServerDisk, ServerKind};
-pub use vm::{GuestOutcome, Vm, VmDisk, RESULT_MARKER};
+pub use vm::{Cue, GuestOutcome, Vm, VmDisk, RESULT_MARKER};
 
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};

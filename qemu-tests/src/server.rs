@@ -1,4 +1,5 @@
-//! The vhost-user-blk server under test: `strata-host`, or
+//! The vhost-user-blk server under test: `strata-host` (standalone, or
+//! writing through a `strata-pool` the harness starts beside it), or
 //! `qemu-storage-daemon` as a reference.
 
 use crate::{GuestImage, GuestOutcome, Vm};
@@ -9,15 +10,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+use strata_common::pki::ClusterDir;
+use strata_pool::process::{workspace_binary, PoolCommand, PoolProcess};
 
 /// How long a server may take to create its sockets.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// The host name strata-host uses on the harness's pool.
+const POOL_HOST_NAME: &str = "guest-host";
+/// The NVLOG quota of the harness's pool: smaller than what the tests write,
+/// so they complete only if destage truncates the log.
+const POOL_NVLOG_QUOTA: &str = "64M";
 
 /// Which program serves the disks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
     /// `target/<profile>/strata-host`, the daemon under test.
     StrataHost,
+    /// strata-host writing through a `strata-pool` beside it: writes are
+    /// durable in the pool, the flash is a cache.
+    StrataHostOnPool,
     /// QEMU's `qemu-storage-daemon` with a vhost-user-blk export, used to
     /// check the harness itself.
     QemuStorageDaemon,
@@ -25,12 +36,18 @@ pub enum ServerKind {
 
 impl ServerKind {
     /// From `STRATA_QEMU_TESTS_SERVER`: unset or `strata-host` gives
-    /// [`ServerKind::StrataHost`]; `qemu-storage-daemon` (or `qsd`) gives
+    /// [`ServerKind::StrataHost`], or [`ServerKind::StrataHostOnPool`] with
+    /// `STRATA_TEST_POOL=1`; `qemu-storage-daemon` (or `qsd`) gives
     /// [`ServerKind::QemuStorageDaemon`].
     pub fn from_env() -> Result<Self> {
+        let strata_host = match std::env::var("STRATA_TEST_POOL").as_deref() {
+            Err(_) | Ok("") | Ok("0") => Self::StrataHost,
+            Ok("1") => Self::StrataHostOnPool,
+            Ok(other) => bail!("STRATA_TEST_POOL={other:?}: expected 0 or 1"),
+        };
         match std::env::var("STRATA_QEMU_TESTS_SERVER") {
-            Err(std::env::VarError::NotPresent) => Ok(Self::StrataHost),
-            Ok(v) if v.is_empty() || v == "strata-host" => Ok(Self::StrataHost),
+            Err(std::env::VarError::NotPresent) => Ok(strata_host),
+            Ok(v) if v.is_empty() || v == "strata-host" => Ok(strata_host),
             Ok(v) if v == "qemu-storage-daemon" || v == "qsd" => Ok(Self::QemuStorageDaemon),
             Ok(v) => {
                 bail!("STRATA_QEMU_TESTS_SERVER={v:?}: expected strata-host or qemu-storage-daemon")
@@ -44,7 +61,7 @@ impl ServerKind {
     /// with the fixed string `vhost_user_blk`.
     pub fn expected_serial(&self, name: &str) -> String {
         match self {
-            Self::StrataHost => name.to_string(),
+            Self::StrataHost | Self::StrataHostOnPool => name.to_string(),
             Self::QemuStorageDaemon => "vhost_user_blk".to_string(),
         }
     }
@@ -53,8 +70,14 @@ impl ServerKind {
     pub fn name(&self) -> &'static str {
         match self {
             Self::StrataHost => "strata-host",
+            Self::StrataHostOnPool => "strata-host on a pool",
             Self::QemuStorageDaemon => "qemu-storage-daemon",
         }
+    }
+
+    /// Whether the server is strata-host (standalone or on a pool).
+    pub fn is_strata_host(&self) -> bool {
+        *self != Self::QemuStorageDaemon
     }
 }
 
@@ -106,8 +129,30 @@ pub struct Server {
     disks: Vec<ServerDisk>,
     child: Option<Child>,
     log: PathBuf,
+    /// The pool strata-host writes through ([`ServerKind::StrataHostOnPool`]).
+    pool: Option<PoolProcess>,
     // Dropped last: holds the images and sockets.
     dir: tempfile::TempDir,
+}
+
+/// Makes a cluster (CA, pool and host certificates) in `dir/cluster` and
+/// starts a `strata-pool` keeping its data in `dir/pool`.
+fn start_pool(dir: &Path) -> Result<PoolProcess> {
+    let cluster_dir = dir.join("cluster");
+    let cluster = ClusterDir::new(&cluster_dir);
+    cluster.init().context("strata init")?;
+    cluster
+        .add_host(POOL_HOST_NAME)
+        .context("strata host add")?;
+    let command = PoolCommand {
+        program: workspace_binary("strata-pool")?,
+        cluster_dir,
+        data_dir: dir.join("pool"),
+        nvlog_quota: POOL_NVLOG_QUOTA.to_string(),
+        log: dir.join("pool.log"),
+        startup_timeout: STARTUP_DEADLINE,
+    };
+    PoolProcess::start(command, "127.0.0.1:0")
 }
 
 impl Server {
@@ -127,7 +172,7 @@ impl Server {
             }
         }
         let program = match kind {
-            ServerKind::StrataHost => strata_host_binary()?,
+            ServerKind::StrataHost | ServerKind::StrataHostOnPool => strata_host_binary()?,
             ServerKind::QemuStorageDaemon => crate::find_program(
                 "STRATA_QSD_BIN",
                 "qemu-storage-daemon",
@@ -145,12 +190,17 @@ impl Server {
             })
             .collect();
         let log = dir.path().join("server.log");
+        let pool = match kind {
+            ServerKind::StrataHostOnPool => Some(start_pool(dir.path())?),
+            _ => None,
+        };
         let mut server = Self {
             kind,
             program,
             disks,
             child: None,
             log,
+            pool,
             dir,
         };
         if kind == ServerKind::QemuStorageDaemon {
@@ -243,6 +293,25 @@ impl Server {
     /// Kills the server and starts it again on the same images and sockets.
     pub fn restart(&mut self) -> Result<()> {
         self.kill()?;
+        self.respawn()
+    }
+
+    /// Kills the server with SIGKILL and starts a new one on the same
+    /// sockets: on a pool, a fresh strata-host on an empty flash (the old
+    /// host is gone with its disk); otherwise the same flash or image.
+    pub fn replace_host(&mut self) -> Result<()> {
+        self.kill()?;
+        if self.pool.is_some() {
+            let flash = self.dir.path().join("flash.img");
+            std::fs::remove_file(&flash)
+                .with_context(|| format!("cannot delete the flash {}", flash.display()))?;
+        }
+        self.respawn()
+    }
+
+    /// Starts the server again after it died, on the same sockets (the
+    /// dead one could not remove them).
+    fn respawn(&mut self) -> Result<()> {
         for d in &self.disks {
             match std::fs::remove_file(&d.socket) {
                 Ok(()) => {}
@@ -257,7 +326,7 @@ impl Server {
 
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
-        if self.kind == ServerKind::StrataHost {
+        if self.kind.is_strata_host() {
             // strata vdisks (the default kind) in one flash store; restarts
             // reopen it.
             let dir = self.dir.path();
@@ -272,9 +341,14 @@ impl Server {
                 dir.join("control.sock").display().to_string(),
             ]);
         }
+        if let Some(pool) = &self.pool {
+            // Destage every second, so guest I/O also runs against the
+            // pool's stripes.
+            args.extend(pool.host_args(POOL_HOST_NAME, 1));
+        }
         for (i, d) in self.disks.iter().enumerate() {
             match self.kind {
-                ServerKind::StrataHost => {
+                ServerKind::StrataHost | ServerKind::StrataHostOnPool => {
                     args.push("--vdisk".to_string());
                     args.push(format!(
                         "name={},size={},socket={},queues={}",
@@ -354,8 +428,14 @@ impl Server {
     }
 
     fn log_for_error(&self) -> String {
+        let pool = self.pool.as_ref().map_or(String::new(), |p| {
+            format!(
+                "\n----- strata-pool log -----\n{}\n----- end of pool log -----",
+                p.log()
+            )
+        });
         format!(
-            "----- {} log ({}) -----\n{}\n----- end of server log -----",
+            "----- {} log ({}) -----\n{}\n----- end of server log -----{pool}",
             self.kind.name(),
             self.log.display(),
             self.log()

@@ -1,7 +1,7 @@
 //! One QEMU run of the test guest.
 
 use crate::{CpioWriter, GuestImage};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::hash_map::RandomState;
 use std::fs::OpenOptions;
 use std::hash::{BuildHasher, Hasher};
@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// The guest's init prints `RESULT_MARKER <token> rc=<code>` on the serial
 /// console when the test script has finished.
 pub const RESULT_MARKER: &str = "STRATA-GUEST-RESULT";
+
+/// How often a run with a [`Cue`] looks at the console.
+const CUE_POLL: Duration = Duration::from_millis(50);
 
 /// Guests run one at a time per process: the test machines have few cores and
 /// TCG is CPU-bound, so parallel guests would only make every run slower and
@@ -40,7 +43,17 @@ pub struct Vm {
     timeout: Duration,
     accel: String,
     bios_disk_io: bool,
+    reconnect: bool,
     disks: Vec<VmDisk>,
+}
+
+/// Something to do on the host while the guest runs, once the guest prints
+/// a line: see [`Vm::run_with_cue`].
+pub struct Cue<'a> {
+    /// The whole console line that triggers it.
+    pub line: &'a str,
+    /// What to do; an error ends the run (the guest is killed).
+    pub action: &'a mut dyn FnMut() -> Result<()>,
 }
 
 /// What a finished guest run produced.
@@ -97,6 +110,7 @@ impl Vm {
             timeout: Duration::from_secs(120),
             accel: std::env::var("STRATA_QEMU_ACCEL").unwrap_or_else(|_| "tcg".to_string()),
             bios_disk_io: false,
+            reconnect: false,
             disks: Vec::new(),
         }
     }
@@ -129,6 +143,14 @@ impl Vm {
     /// memory map settles) that real VMs booting from the disk also use.
     pub fn bios_disk_io(mut self, on: bool) -> Self {
         self.bios_disk_io = on;
+        self
+    }
+
+    /// Whether QEMU reconnects to a disk's socket when its server goes
+    /// away (`reconnect=1` on the chardev), as a VM that should outlive a
+    /// strata-host restart is started.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
         self
     }
 
@@ -183,7 +205,11 @@ impl Vm {
         .collect();
         for (i, d) in self.disks.iter().enumerate() {
             args.push("-chardev".into());
-            args.push(format!("socket,id=d{i},path={}", d.socket.display()));
+            let reconnect = if self.reconnect { ",reconnect=1" } else { "" };
+            args.push(format!(
+                "socket,id=d{i},path={}{reconnect}",
+                d.socket.display()
+            ));
             args.push("-device".into());
             args.push(format!(
                 "vhost-user-blk-pci,chardev=d{i},num-queues={}",
@@ -202,6 +228,34 @@ impl Vm {
     /// script's exit code is in [`GuestOutcome::exit_code`]; use
     /// [`GuestOutcome::require_pass`] to turn a non-zero code into an error.
     pub fn run(&self, image: &GuestImage, script: &str) -> Result<GuestOutcome> {
+        self.run_watching(image, script, None)
+    }
+
+    /// [`Vm::run`], doing `cue.action` on the host as soon as the guest
+    /// prints `cue.line` (the guest carries on meanwhile). It is an error
+    /// if the guest finishes without printing it.
+    pub fn run_with_cue(
+        &self,
+        image: &GuestImage,
+        script: &str,
+        cue: Cue<'_>,
+    ) -> Result<GuestOutcome> {
+        let line = cue.line.to_string();
+        let outcome = self.run_watching(image, script, Some(cue))?;
+        ensure!(
+            outcome.console.lines().any(|l| l == line),
+            "the guest never printed the cue {line:?}\n{}",
+            format_logs(&outcome.console, &outcome.qemu_stderr)
+        );
+        Ok(outcome)
+    }
+
+    fn run_watching(
+        &self,
+        image: &GuestImage,
+        script: &str,
+        mut cue: Option<Cue<'_>>,
+    ) -> Result<GuestOutcome> {
         let qemu = crate::find_program(
             "STRATA_QEMU_BIN",
             "qemu-system-x86_64",
@@ -245,12 +299,35 @@ impl Vm {
         });
 
         // QEMU's stdout is the serial console; it closes when QEMU exits.
-        let finished = match stdout_thread {
-            Some(_) => eof_rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .is_ok(),
-            None => false,
-        };
+        // Until then, look for the cue's line now and then.
+        let mut cue_failed = None;
+        let finished = stdout_thread.is_some()
+            && loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait = if cue.is_some() {
+                    left.min(CUE_POLL)
+                } else {
+                    left
+                };
+                match eof_rx.recv_timeout(wait) {
+                    Ok(()) => break true,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+                    Err(mpsc::RecvTimeoutError::Timeout) if left.is_zero() => break false,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                let seen = cue.as_ref().is_some_and(|c| {
+                    let bytes = console.lock().unwrap_or_else(|p| p.into_inner());
+                    clean_console(&bytes).lines().any(|l| l == c.line)
+                });
+                if seen {
+                    if let Some(c) = cue.take() {
+                        if let Err(e) = (c.action)() {
+                            cue_failed = Some(e.context(format!("on the cue {:?}", c.line)));
+                            break false;
+                        }
+                    }
+                }
+            };
         let waited = if finished {
             wait_until(&mut child, deadline)
         } else {
@@ -278,6 +355,9 @@ impl Vm {
             clean_console(&bytes)
         };
 
+        if let Some(e) = cue_failed {
+            return Err(e.context(format_logs(&console, &qemu_stderr)));
+        }
         if let Err(e) = waited {
             return Err(e.context(format_logs(&console, &qemu_stderr)));
         }

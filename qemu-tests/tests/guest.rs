@@ -8,7 +8,7 @@
 //! qemu-storage-daemon, which is how the harness itself is checked.
 
 use anyhow::{ensure, Context, Result};
-use strata_qemu_tests::{DiskSpec, GuestImage, GuestOutcome, Server};
+use strata_qemu_tests::{Cue, DiskSpec, GuestImage, GuestOutcome, Server};
 
 const MIB: u64 = 1 << 20;
 
@@ -278,5 +278,71 @@ echo BIOS-PROBE-OK
         out.console
     );
     eprintln!("firmware_disk_io_then_linux: guest ran {:?}", out.elapsed);
+    Ok(())
+}
+
+/// The server dies (kill -9) while the guest writes, and a new one takes
+/// its place on the same socket: with a pool, a fresh strata-host on an
+/// empty flash. QEMU reconnects (`reconnect=1`), the guest's writes carry
+/// on without an error (the request in flight at the kill is sent again to
+/// the new server), and everything the guest wrote reads back byte for
+/// byte.
+#[test]
+fn guest_writes_carry_on_across_a_host_kill_9() -> Result<()> {
+    const CUE: &str = "REPLACE-THE-HOST-NOW";
+    let size = 64 * MIB;
+    let image = image()?;
+    let mut server = Server::start_from_env(&[DiskSpec::new("survivor", size)])?;
+    let serial = server.kind().expected_serial("survivor");
+    // 16 MiB before the cue, then four passes of another 16 MiB (1024
+    // direct 64 KiB writes, one at a time) that the replacement lands in.
+    let script = format!(
+        r#"set -e
+{check}
+head -c 16777216 /dev/urandom >/tmp/before
+head -c 16777216 /dev/urandom >/tmp/during
+dd if=/tmp/before of=/dev/vda bs=64k oflag=direct 2>/dev/null
+echo {CUE}
+for pass in 1 2 3 4; do
+    dd if=/tmp/during of=/dev/vda bs=64k seek=256 oflag=direct 2>/dev/null
+done
+dd if=/dev/vda of=/tmp/before.back bs=64k count=256 iflag=direct 2>/dev/null
+dd if=/dev/vda of=/tmp/during.back bs=64k skip=256 count=256 iflag=direct 2>/dev/null
+cmp /tmp/before /tmp/before.back
+cmp /tmp/during /tmp/during.back
+echo CARRIED-ON-OK
+"#,
+        check = check_disk("vda", &serial, size)
+    );
+    let vm = server.vm().reconnect(true);
+    let mut replacements = 0;
+    let outcome = vm.run_with_cue(
+        image,
+        &script,
+        Cue {
+            line: CUE,
+            action: &mut || {
+                replacements += 1;
+                server.replace_host()
+            },
+        },
+    );
+    let out = outcome
+        .and_then(GuestOutcome::require_pass)
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", server.log()))?;
+    server.check_running()?;
+    ensure!(
+        replacements == 1,
+        "the host was replaced {replacements} times"
+    );
+    ensure!(
+        out.console.lines().any(|l| l == "CARRIED-ON-OK"),
+        "script did not finish\n{}",
+        out.console
+    );
+    eprintln!(
+        "guest_writes_carry_on_across_a_host_kill_9: guest ran {:?}",
+        out.elapsed
+    );
     Ok(())
 }

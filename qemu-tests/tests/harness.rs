@@ -38,10 +38,9 @@ fn hung_guest_is_killed_at_the_deadline() -> Result<()> {
         format!("{err:#}").contains("did not finish within"),
         "unexpected error: {err:#}"
     );
-    // Includes copying the initrd before QEMU starts.
-    ensure!(
-        elapsed < timeout + Duration::from_secs(10),
-        "took {elapsed:?}"
-    );
+    // The guest must have been given its full time before being killed.
+    // There is no upper bound here: a harness that never kills the guest
+    // hangs this test, and CI's own timeout reports that.
+    ensure!(elapsed >= timeout, "killed early, after {elapsed:?}");
     Ok(())
 }

@@ -7,7 +7,15 @@
 //! the link reconnects, asks the pool how far its log got, and sends again
 //! only what the pool does not hold, so the guest sees a slow write, never a
 //! failed one. Only an answer the pool gives on purpose (a sequence clash,
-//! a batch it will never take) fails the append.
+//! a batch it will never take, a lease another strata-host took over)
+//! fails the append.
+//!
+//! Leases: the store's first link takes the host's lease
+//! ([`PoolLink::take_lease`]) before it replays anything, which fences every
+//! earlier strata-host of this host; the store's other links join that lease
+//! ([`PoolLink::join`]), and every reconnection rejoins it. Once a newer
+//! strata-host takes over, the pool refuses this one's appends, truncations
+//! and commits, and the link reports [`Fenced`] instead of retrying.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,12 +36,27 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often an append waiting for the pool checks whether to give up.
 const ABANDON_CHECK: Duration = Duration::from_millis(200);
 
+/// This strata-host's lease was taken over by a newer one: nothing it
+/// sends can change the host's state any more.
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool} fenced host {host}: another strata-host took over its vdisks ({message})")]
+pub struct Fenced {
+    /// The pool.
+    pub pool: SocketAddr,
+    /// This host's name.
+    pub host: String,
+    /// What the pool said.
+    pub message: String,
+}
+
 /// An open connection to the pool's NVLOG for this host.
 pub struct PoolLink {
     runtime: Runtime,
     tls: Arc<ClientConfig>,
     config: PoolSettings,
     client: Option<PoolClient>,
+    /// The host's lease this link acts under (0: none taken yet).
+    epoch: u64,
     /// The sequence number the next record gets.
     next_seq: u64,
 }
@@ -63,8 +86,92 @@ impl PoolLink {
             tls,
             config: config.clone(),
             client: Some(client),
+            epoch: 0,
             next_seq: 1,
         })
+    }
+
+    /// Takes a new lease of this host at the pool, fencing every earlier
+    /// strata-host that served it, and returns its epoch. Call before the
+    /// log is replayed: from here on only this lease can extend it.
+    pub fn take_lease(&mut self) -> anyhow::Result<u64> {
+        let epoch = self.open_lease(0)?;
+        tracing::info!(pool = %self.config.address, host = %self.config.host_name, epoch,
+            "took the host's lease");
+        Ok(epoch)
+    }
+
+    /// Another link of this host, on its own connection, under this link's
+    /// lease.
+    pub fn join(&self) -> anyhow::Result<PoolLink> {
+        let mut link = PoolLink::connect(&self.config)?;
+        if self.epoch != 0 {
+            link.open_lease(self.epoch)?;
+        }
+        Ok(link)
+    }
+
+    /// Binds the current connection to lease `epoch` (0: a new one).
+    fn open_lease(&mut self, epoch: u64) -> anyhow::Result<u64> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected to pool {}", self.config.address))?;
+        let response = self
+            .runtime
+            .block_on(client.call(&Request::Open { epoch }))?;
+        match response {
+            Response::Opened { epoch } => {
+                self.epoch = epoch;
+                Ok(epoch)
+            }
+            Response::Error {
+                code: code::FENCED,
+                message,
+            } => Err(self.fenced(message).into()),
+            other => Err(anyhow!(
+                "pool {} answered a lease request of host {} with {other:?}",
+                self.config.address,
+                self.config.host_name
+            )),
+        }
+    }
+
+    fn fenced(&self, message: String) -> Fenced {
+        Fenced {
+            pool: self.config.address,
+            host: self.config.host_name.clone(),
+            message,
+        }
+    }
+
+    /// Connects again if the connection was lost, bound to this link's
+    /// lease if it holds one.
+    fn ensure_connected(&mut self) -> anyhow::Result<()> {
+        if self.client.is_some() {
+            return Ok(());
+        }
+        let client = self
+            .runtime
+            .block_on(PoolClient::connect(self.config.address, self.tls.clone()))?;
+        self.client = Some(client);
+        if self.epoch != 0 {
+            if let Err(e) = self.open_lease(self.epoch) {
+                self.client = None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection, which [`PoolLink::ensure_connected`] made.
+    fn client(
+        client: &mut Option<PoolClient>,
+        pool: SocketAddr,
+    ) -> anyhow::Result<&mut PoolClient> {
+        client
+            .as_mut()
+            .ok_or_else(|| anyhow!("not connected to pool {pool}"))
     }
 
     /// The pool's address.
@@ -127,17 +234,15 @@ impl PoolLink {
     ) -> anyhow::Result<Response> {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let attempt = match self.client.take() {
-                Some(client) => Ok(client),
-                None => self
-                    .runtime
-                    .block_on(PoolClient::connect(self.config.address, self.tls.clone())),
-            }
-            .and_then(|client| {
-                let client = self.client.insert(client);
+            let attempt = self.ensure_connected().and_then(|()| {
+                let client = Self::client(&mut self.client, self.config.address)?;
                 self.runtime.block_on(client.call(request))
             });
             match attempt {
+                Ok(Response::Error {
+                    code: code::FENCED,
+                    message,
+                }) => return Err(self.fenced(message).into()),
                 Ok(Response::Error { code, message }) => {
                     return Err(anyhow!(
                         "pool {} refused a request of host {} (code {code}): {message}",
@@ -146,6 +251,7 @@ impl PoolLink {
                     ))
                 }
                 Ok(response) => return Ok(response),
+                Err(e) if e.downcast_ref::<Fenced>().is_some() => return Err(e),
                 Err(e) => {
                     self.client = None;
                     if abandon() {
@@ -161,6 +267,21 @@ impl PoolLink {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+    }
+
+    /// Records at the pool that this host serves vdisk `name`; fails if
+    /// another host does.
+    pub fn claim_vdisk(&mut self, name: &str) -> anyhow::Result<()> {
+        let request = Request::ClaimVdisk {
+            name: name.to_string(),
+        };
+        match self.call(&request, &|| true)? {
+            Response::Claimed => Ok(()),
+            other => Err(anyhow!(
+                "pool {} answered the claim of vdisk {name} with {other:?}",
+                self.config.address
+            )),
         }
     }
 
@@ -192,6 +313,7 @@ impl PoolLink {
                     return Ok(());
                 }
                 Ok(Attempt::Refused(reason)) => return Err(reason),
+                Err(reason) if reason.downcast_ref::<Fenced>().is_some() => return Err(reason),
                 Ok(Attempt::Retry(reason)) | Err(reason) => {
                     self.client = None;
                     if abandon() {
@@ -215,24 +337,18 @@ impl PoolLink {
         request: &Request,
         abandon: &dyn Fn() -> bool,
     ) -> anyhow::Result<Attempt> {
-        let client = match self.client.take() {
-            Some(client) => client,
-            None => {
-                let mut client = self
-                    .runtime
-                    .block_on(PoolClient::connect(self.config.address, self.tls.clone()))?;
-                // The record may have become durable before the connection
-                // broke: then it must not be sent again.
-                let last = self.runtime.block_on(client.last_seq())?;
-                if last >= seq {
-                    self.client = Some(client);
-                    return Ok(Attempt::Durable);
-                }
-                tracing::info!(pool = %self.config.address, host = %self.config.host_name, "reconnected to the pool");
-                client
+        if self.client.is_none() {
+            self.ensure_connected()?;
+            let client = Self::client(&mut self.client, self.config.address)?;
+            // The record may have become durable before the connection
+            // broke: then it must not be sent again.
+            let last = self.runtime.block_on(client.last_seq())?;
+            if last >= seq {
+                return Ok(Attempt::Durable);
             }
-        };
-        let client = self.client.insert(client);
+            tracing::info!(pool = %self.config.address, host = %self.config.host_name, "reconnected to the pool");
+        }
+        let client = Self::client(&mut self.client, self.config.address)?;
         // The pool may hold an append for long (its quota is full until a
         // destage frees room): look at `abandon` while waiting.
         let response = self.runtime.block_on(async {
@@ -254,6 +370,10 @@ impl PoolLink {
                 code: code::STORAGE,
                 message,
             } => Attempt::Retry(anyhow!("pool storage error: {message}")),
+            Response::Error {
+                code: code::FENCED,
+                message,
+            } => Attempt::Refused(self.fenced(message).into()),
             Response::Error {
                 code: code::STALE_SEQUENCE,
                 message,

@@ -1544,6 +1544,54 @@ fn kill_9_of_the_pool_under_load_loses_no_acknowledged_write() {
     check_after_crash(&daemon, &model, &[]);
 }
 
+#[test]
+fn a_host_fenced_by_its_successor_can_no_longer_write() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // A replacement strata-host starts (its own flash) while the first one
+    // still runs, as when a host is presumed dead but is only cut off. The
+    // newcomer takes the host's lease before it replays the log, so it
+    // serves every write the first one acknowledged, and the pool refuses
+    // everything the first one sends from then on: its writes fail and
+    // never reach the vdisk.
+    let size = 8 * MIB;
+    let first = Daemon::start(VdiskOptions::new(size).writethrough());
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0xfe9ce);
+    let mut old_client = Client::open(&first, 1);
+    overwrite_whole_disk(&first, old_client.q(), &mut rng, &mut model, 1);
+    write_scattered(old_client.q(), &mut rng, &mut model, 16);
+
+    let mut successor = first.start_successor();
+    check_after_crash(&successor, &model, &[]);
+    let stale = vec![0xEE; 64 << 10];
+    for offset in [0, 3 * MIB] {
+        let result = old_client.q().write(offset, &stale);
+        assert!(
+            result.is_err(),
+            "the fenced host acknowledged a write at {offset}; its log:\n{}",
+            first.log()
+        );
+    }
+    drop(old_client);
+    assert!(
+        first.log().contains("fenced"),
+        "the fenced host does not say why its writes fail; its log:\n{}",
+        first.log()
+    );
+    {
+        let mut client = Client::open(&successor, 1);
+        write_scattered(client.q(), &mut rng, &mut model, 16);
+    }
+    // A later host (after the successor dies with its flash) finds the
+    // successor's writes and none of the fenced host's.
+    successor.kill_and_restart_on_empty_flash();
+    check_after_crash(&successor, &model, &[]);
+    drop(successor);
+    drop(first);
+}
+
 /// How long background work (a destage) may take in a test.
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
 

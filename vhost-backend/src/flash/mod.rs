@@ -173,15 +173,23 @@ impl FlashStore {
         let started = Instant::now();
         // Three connections: the flusher's appends, reads that miss the
         // flash, and the destager's stripes; none waits behind another.
+        // The flusher's link takes the host's lease before anything is
+        // replayed, fencing any earlier strata-host of this host; the
+        // destager's joins it. Reads need no lease.
         let (mut pool, pool_reads, destager) = match &config.pool {
-            Some(settings) => (
-                Some(PoolLink::connect(settings)?),
-                Some(fetch::PoolReads::new(PoolLink::connect(settings)?)),
-                Some(destage::Destager::new(
-                    PoolLink::connect(settings)?,
+            Some(settings) => {
+                let mut link = PoolLink::connect(settings)?;
+                link.take_lease()?;
+                let destager = destage::Destager::new(
+                    link.join()?,
                     std::time::Duration::from_secs(settings.destage_interval_secs),
-                )),
-            ),
+                );
+                (
+                    Some(link),
+                    Some(fetch::PoolReads::new(PoolLink::connect(settings)?)),
+                    Some(destager),
+                )
+            }
             None => (None, None, None),
         };
         let (device, created) = FlashDevice::open_or_create(&config.path, config.size)?;
@@ -297,6 +305,17 @@ impl FlashStore {
     /// The vdisk `name` of `capacity` bytes, created (and checkpointed) if the
     /// store does not have it yet.
     pub fn open_vdisk(&self, name: &str, capacity: Option<u64>) -> anyhow::Result<Arc<StoreVdisk>> {
+        if let Some(link) = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pool
+            .as_mut()
+        {
+            link.claim_vdisk(name)
+                .with_context(|| format!("cannot open vdisk {name}"))?;
+        }
         let existing = self.shared.vdisks().into_iter().find(|v| v.name == name);
         if let Some(vdisk) = existing {
             let have = vdisk.block_count * BLOCK_SIZE as u64;

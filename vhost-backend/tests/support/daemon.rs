@@ -331,6 +331,45 @@ impl Daemon {
         }
     }
 
+    /// Starts a second strata-host with this one's flags and vdisks on a
+    /// flash and sockets of its own, while this one keeps running: a
+    /// replacement host taking over (on a pool it takes the host's lease,
+    /// which fences this one). It uses this daemon's pool, so drop it
+    /// first.
+    pub fn start_successor(&self) -> Daemon {
+        assert!(
+            self.target == Target::StrataHost,
+            "only strata-host has successors"
+        );
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        // The datastore's keys go with it (a replacement host is given them).
+        let keys = self._dir.path().join("keys");
+        fs::create_dir(dir.path().join("keys")).expect("creating the key directory");
+        for entry in fs::read_dir(&keys).expect("reading the key directory") {
+            let entry = entry.expect("reading the key directory");
+            fs::copy(
+                entry.path(),
+                dir.path().join("keys").join(entry.file_name()),
+            )
+            .expect("copying a key file");
+        }
+        let vdisks = self
+            .vdisks
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Vdisk {
+                options: v.options.clone(),
+                image: dir.path().join(format!("{}.img", v.options.name)),
+                socket: dir.path().join(format!("{i}.sock")),
+                has_image: v.has_image,
+            })
+            .collect();
+        let mut successor =
+            Daemon::spawn(self.target, self.kind, vdisks, dir, self.args.clone(), None);
+        successor.wait_for_sockets();
+        successor
+    }
+
     /// The pool strata-host writes through, when `STRATA_TEST_POOL=1`.
     pub fn pool(&mut self) -> Option<&mut PoolNode> {
         self.pool.as_mut()

@@ -7,13 +7,11 @@
 //! `strata-pool` binary is the one cargo built beside the test binary
 //! (`cargo build --workspace` builds it).
 
-use std::fs::{self, OpenOptions};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 use strata_common::pki::ClusterDir;
+use strata_pool::process::{workspace_binary, PoolCommand, PoolProcess};
 
 use super::daemon::STARTUP_TIMEOUT;
 
@@ -34,11 +32,9 @@ pub fn pool_mode() -> bool {
 
 /// A running `strata-pool`, killed when dropped.
 pub struct PoolNode {
-    child: Child,
-    address: SocketAddr,
+    process: PoolProcess,
     cluster_dir: PathBuf,
     data_dir: PathBuf,
-    log: PathBuf,
 }
 
 impl PoolNode {
@@ -50,41 +46,39 @@ impl PoolNode {
         cluster.init().expect("strata init");
         cluster.add_host(HOST_NAME).expect("strata host add");
         let data_dir = dir.join("pool");
-        let log = dir.join("pool.log");
-        let (child, address) = launch(&cluster_dir, &data_dir, &log, "127.0.0.1:0");
+        let command = PoolCommand {
+            program: workspace_binary("strata-pool").expect("the strata-pool binary"),
+            cluster_dir: cluster_dir.clone(),
+            data_dir: data_dir.clone(),
+            // Small, so that tests writing more than this prove the NVLOG
+            // is truncated (writes would wait forever otherwise).
+            nvlog_quota: NVLOG_QUOTA.to_string(),
+            log: dir.join("pool.log"),
+            startup_timeout: STARTUP_TIMEOUT,
+        };
+        let process = PoolProcess::start(command, "127.0.0.1:0").expect("starting strata-pool");
         PoolNode {
-            child,
-            address,
+            process,
             cluster_dir,
             data_dir,
-            log,
         }
     }
 
-    /// strata-host's flags for using this pool.
+    /// strata-host's flags for using this pool; it destages every second,
+    /// so the tests exercise the pool's stripes.
     pub fn host_args(&self) -> Vec<String> {
-        vec![
-            "--pool".into(),
-            self.address.to_string(),
-            "--cluster-dir".into(),
-            self.cluster_dir.display().to_string(),
-            "--host-name".into(),
-            HOST_NAME.into(),
-            // Destage soon, so the tests exercise the pool's stripes.
-            "--destage-interval".into(),
-            "1".into(),
-        ]
+        self.process.host_args(HOST_NAME, 1)
     }
 
     /// Runs `strata ARGS --pool ADDR` as the cluster's administrator and
     /// returns what it printed; panics if it fails.
     pub fn admin(&self, args: &[&str]) -> String {
-        let out = Command::new(strata_binary())
+        let out = Command::new(workspace_binary("strata").expect("the strata binary"))
             .arg("--cluster-dir")
             .arg(&self.cluster_dir)
             .args(args)
             .arg("--pool")
-            .arg(self.address.to_string())
+            .arg(self.process.address().to_string())
             .output()
             .expect("running strata");
         assert!(
@@ -104,104 +98,21 @@ impl PoolNode {
     /// Kills the pool with SIGKILL and starts it again on the same address
     /// and data.
     pub fn kill_and_restart(&mut self) {
-        self.child.kill().expect("SIGKILL strata-pool");
-        self.child.wait().expect("reaping strata-pool");
-        let (child, address) = launch(
-            &self.cluster_dir,
-            &self.data_dir,
-            &self.log,
-            &self.address.to_string(),
-        );
-        assert_eq!(address, self.address);
-        self.child = child;
+        self.process
+            .kill_and_restart()
+            .expect("restarting strata-pool");
     }
 
     /// Everything the pool has logged so far.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 }
 
 impl Drop for PoolNode {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- strata-pool log ---\n{}--- end of log ---", self.log());
         }
-    }
-}
-
-/// The `strata-pool` binary beside this test binary's directory.
-fn pool_binary() -> PathBuf {
-    workspace_binary("strata-pool")
-}
-
-/// The `strata` command line beside this test binary's directory.
-fn strata_binary() -> PathBuf {
-    workspace_binary("strata")
-}
-
-/// A binary of the workspace, built beside this test binary's directory.
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .expect("the test binary's directory");
-    assert!(
-        bin.exists(),
-        "{} does not exist: build the workspace first (cargo build --release --workspace)",
-        bin.display()
-    );
-    bin
-}
-
-/// Starts strata-pool listening on `listen` and returns it with the address
-/// it reports once it listens.
-fn launch(cluster_dir: &Path, data_dir: &Path, log: &Path, listen: &str) -> (Child, SocketAddr) {
-    let log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("opening the pool log");
-    let start = fs::metadata(log).map(|m| m.len()).unwrap_or(0) as usize;
-    let mut child = Command::new(pool_binary())
-        .arg("--listen")
-        .arg(listen)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--cluster-dir")
-        .arg(cluster_dir)
-        // Small, so that tests writing more than this prove the NVLOG is
-        // truncated (writes would wait forever otherwise).
-        .args(["--nvlog-quota", NVLOG_QUOTA])
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("cloning the log handle"))
-        .stderr(log_file)
-        .spawn()
-        .expect("spawning strata-pool");
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        let fresh = text.get(start..).unwrap_or("");
-        // Only whole lines: the pool may be in the middle of writing one.
-        if let Some(line) = fresh
-            .split_inclusive('\n')
-            .filter(|l| l.ends_with('\n'))
-            .find_map(|l| l.strip_prefix("strata-pool: listening on "))
-        {
-            let address = line.trim().parse().expect("the pool's address");
-            return (child, address);
-        }
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("strata-pool exited ({status}) before listening; log:\n{text}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "strata-pool did not listen within {STARTUP_TIMEOUT:?}; log:\n{text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
