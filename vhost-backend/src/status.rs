@@ -116,6 +116,8 @@ pub struct CounterStatus {
     pub frames_fetched: u64,
     /// Bad frames on flash replaced by the pool's copy.
     pub frames_repaired: u64,
+    /// Frames dropped from the flash because the pool holds them.
+    pub frames_evicted: u64,
 }
 
 /// Space figures of a vdisk or of the whole store (see the module docs).
@@ -240,6 +242,7 @@ pub fn collect(
         nvlog_destaged_through: store.nvlog_records().1,
         frames_destaged: load(&counters.frames_destaged),
         frames_fetched: load(&counters.frames_fetched),
+        frames_evicted: load(&counters.frames_evicted),
         frames_repaired: load(&counters.frames_repaired),
     };
 
@@ -452,8 +455,13 @@ pub fn render(status: &HostStatus) -> String {
     if c.destages + c.frames_fetched > 0 {
         let _ = writeln!(
             out,
-            "  pool      destages {}, stripes written {}, entries destaged {}, fetched {}, repaired {}",
-            c.destages, c.stripes_written, c.frames_destaged, c.frames_fetched, c.frames_repaired
+            "  pool      destages {}, stripes written {}, entries destaged {}, fetched {}, repaired {}, evicted {}",
+            c.destages,
+            c.stripes_written,
+            c.frames_destaged,
+            c.frames_fetched,
+            c.frames_repaired,
+            c.frames_evicted
         );
     }
     let _ = writeln!(out);

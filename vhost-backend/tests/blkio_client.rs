@@ -1592,6 +1592,36 @@ fn a_host_fenced_by_its_successor_can_no_longer_write() {
     drop(first);
 }
 
+#[test]
+fn a_vdisk_larger_than_the_flash_is_served_through_the_pool() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // On a pool the host's flash is a cache: 192 MiB of unique data go
+    // through 136 MiB of segments only because the cleaner drops frames
+    // the pool already holds, and reading it all back fetches them again.
+    let size = 192 * MIB;
+    let daemon = Daemon::start_with_args(
+        VdiskOptions::new(size).writethrough(),
+        &["--flash-size", "160M"],
+    );
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0xcac4e);
+    {
+        let mut client = Client::open(&daemon, 1);
+        overwrite_whole_disk(&daemon, client.q(), &mut rng, &mut model, 1);
+    }
+    check_after_crash(&daemon, &model, &[]);
+    assert!(
+        daemon.counter("frames_evicted") > 0,
+        "nothing was evicted from the flash"
+    );
+    assert!(
+        daemon.counter("frames_fetched") > 0,
+        "nothing was read back from the pool"
+    );
+}
+
 /// How long background work (a destage) may take in a test.
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
 

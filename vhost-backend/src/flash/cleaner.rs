@@ -16,16 +16,24 @@
 //! 5. Write the copies durably, then free the victims' slots. A crash
 //!    before that leaves the old copies where they were.
 //!
+//! On a pool the flash is a cache: a live frame in a segment a destage
+//! round covered (the pool holds it) is dropped instead of copied, and
+//! costs nothing when victims are chosen, so the oldest destaged data
+//! leaves first and a vdisk may be larger than the flash. A read of a
+//! dropped frame fetches its map leaf's region from the pool again. Map
+//! nodes are always copied: every cycle's mark walks them.
+//!
 //! A read that raced with a move sees a frame fail verification and looks
 //! the block up again (see the `strata` engine).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use strata_common::fingerprint::Fingerprint;
 use strata_common::map::{MapError, Visit, Walk};
-use strata_common::ondisk::{decode_summary, SegmentHeader, PAGE, SEGMENT_HEADER_LEN};
+use strata_common::ondisk::{decode_summary, EntryKind, SegmentHeader, PAGE, SEGMENT_HEADER_LEN};
 
 use super::core::{SlotState, State};
 use super::destage::Destager;
@@ -52,8 +60,10 @@ pub struct CycleReport {
     pub freed: usize,
     /// Bytes copied to keep live entries.
     pub moved_bytes: u64,
-    /// Entries dropped from the index.
+    /// Dead entries dropped from the index.
     pub dropped: usize,
+    /// Live frames dropped because the pool holds them.
+    pub evicted: usize,
 }
 
 /// Runs one cleaning cycle.
@@ -68,6 +78,7 @@ pub fn clean(shared: &Shared) -> Result<CycleReport, StoreError> {
         freed = report.freed,
         moved_bytes = report.moved_bytes,
         dropped = report.dropped,
+        evicted = report.evicted,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "segment cleaner cycle"
     );
@@ -108,12 +119,17 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
         })?;
     }
 
-    // Choose victims: emptiest first.
+    // Choose victims: emptiest first, counting only the live bytes that
+    // must be copied.
+    let in_pool_through = core.destaged_through_segment.load(Ordering::Acquire);
     let victims = {
         let state = core.lock();
         let touched = state.touched.as_ref();
         let mut live_bytes: FxHashMap<u32, u64> = FxHashMap::default();
         for (fp, location) in &state.index {
+            if evictable(shared, &state, location.slot, in_pool_through) {
+                continue;
+            }
             if live.contains(fp) || touched.is_some_and(|t| t.contains(fp)) {
                 *live_bytes.entry(location.slot).or_default() += u64::from(location.len);
             }
@@ -151,10 +167,14 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
 
     let mut report = CycleReport::default();
     for &slot in &victims {
-        let (moved, dropped) = evacuate(shared, slot, &live)?;
-        report.moved_bytes += moved;
-        report.dropped += dropped;
+        let moved = evacuate(shared, slot, &live, in_pool_through)?;
+        report.moved_bytes += moved.bytes;
+        report.dropped += moved.dropped;
+        report.evicted += moved.evicted;
     }
+    core.counters
+        .frames_evicted
+        .fetch_add(report.evicted as u64, Ordering::Relaxed);
     // The copies must be durable before the old places are reused (on a
     // pool, readable is enough: sealed segments are read from RAM until
     // written).
@@ -177,13 +197,31 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
     Ok(report)
 }
 
-/// Moves the live entries out of `slot` and drops the dead ones from the
-/// index. Returns the bytes moved and the entries dropped.
+/// Whether the frames of `slot` are all in the pool (on a pooled store, a
+/// segment a destage round covered).
+fn evictable(shared: &Shared, state: &State, slot: u32, in_pool_through: u64) -> bool {
+    shared.pooled && state.slots[slot as usize].seq <= in_pool_through
+}
+
+/// What evacuating one segment did.
+#[derive(Debug, Default)]
+struct Evacuated {
+    /// Bytes of live entries copied.
+    bytes: u64,
+    /// Dead entries dropped.
+    dropped: usize,
+    /// Live frames dropped because the pool holds them.
+    evicted: usize,
+}
+
+/// Moves the live entries out of `slot` (or, for frames the pool holds,
+/// drops them) and drops the dead ones from the index.
 fn evacuate(
     shared: &Shared,
     slot: u32,
     live: &FxHashSet<Fingerprint>,
-) -> Result<(u64, usize), StoreError> {
+    in_pool_through: u64,
+) -> Result<Evacuated, StoreError> {
     let core = &*shared.core;
     let io = |source| StoreError::Io {
         what: "reading a segment to clean",
@@ -210,9 +248,9 @@ fn evacuate(
     let entries = decode_summary(&image.as_slice()[header.summary_range()], &header)
         .map_err(|_| StoreError::Internal("a segment to clean has a damaged summary"))?;
 
-    let mut moved = 0u64;
-    let mut dropped = 0usize;
+    let mut done = Evacuated::default();
     let mut state = core.lock();
+    let in_pool = evictable(shared, &state, slot, in_pool_through);
     for entry in entries {
         let here = state
             .index
@@ -226,17 +264,20 @@ fn evacuate(
                 .touched
                 .as_ref()
                 .is_some_and(|t| t.contains(&entry.fingerprint));
-        if keep {
+        if keep && in_pool && entry.kind == EntryKind::Frame {
+            state.index.remove(&entry.fingerprint);
+            done.evicted += 1;
+        } else if keep {
             let start = entry.offset as usize;
             let bytes = &image.as_slice()[start..start + entry.len as usize];
             core.append(&mut state, entry.fingerprint, entry.kind, bytes)?;
-            moved += u64::from(entry.len);
+            done.bytes += u64::from(entry.len);
         } else {
             state.index.remove(&entry.fingerprint);
-            dropped += 1;
+            done.dropped += 1;
         }
     }
-    Ok((moved, dropped))
+    Ok(done)
 }
 
 /// How often a pooled store's cleaner thread checks whether a destage is due.
@@ -282,6 +323,12 @@ pub fn run(shared: Arc<Shared>, mut destager: Option<Destager>) {
             return;
         }
         match clean(&shared) {
+            // On a pool, a destage makes the live data evictable.
+            Ok(report)
+                if report.freed == 0
+                    && destager
+                        .as_mut()
+                        .is_some_and(|d| destage_if(&shared, d, true)) => {}
             Ok(report) if report.freed == 0 => {
                 tracing::warn!(
                     "segment cleaner found nothing to free: the flash store is full of live data"
@@ -311,14 +358,19 @@ pub fn run(shared: Arc<Shared>, mut destager: Option<Destager>) {
     }
 }
 
-/// Runs a destage round if one is due (`now`: if the NVLOG holds anything).
-/// A failed round is logged and tried again later: the NVLOG still holds
-/// everything, so nothing is at risk.
-fn destage_if(shared: &Shared, destager: &mut Destager, now: bool) {
+/// Runs a destage round if one is due (`now`: if the NVLOG holds anything)
+/// and returns whether one ran and succeeded. A failed round is logged and
+/// tried again later: the NVLOG still holds everything, so nothing is at
+/// risk.
+fn destage_if(shared: &Shared, destager: &mut Destager, now: bool) -> bool {
     if shared.core.failure().is_some() || !destager.due(shared, now) {
-        return;
+        return false;
     }
-    if let Err(e) = destager.round(shared) {
-        tracing::error!(error = %e, "destage to the pool failed; will retry");
+    match destager.round(shared) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "destage to the pool failed; will retry");
+            false
+        }
     }
 }

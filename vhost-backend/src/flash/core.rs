@@ -111,6 +111,9 @@ pub struct Counters {
     pub frames_fetched: AtomicU64,
     /// Bad frames on flash replaced by the pool's copy.
     pub frames_repaired: AtomicU64,
+    /// Frames the cleaner dropped from the flash because the pool holds
+    /// them (the flash is a cache on a pool).
+    pub frames_evicted: AtomicU64,
 }
 
 /// The part of the store that map node access, queue threads and the
@@ -136,6 +139,10 @@ pub struct Core {
     pub nvlog_appended: AtomicU64,
     /// The last NVLOG record a destage committed (0: none yet).
     pub nvlog_destaged: AtomicU64,
+    /// Every entry the index places in a segment numbered up to this is in
+    /// the pool (a destage round sent it or found it there): the cleaner
+    /// may drop such frames instead of copying them.
+    pub destaged_through_segment: AtomicU64,
     /// Bytes of the journal ring in use, as of the flusher's last write
     /// (readable while the flusher is busy).
     pub journal_used: AtomicU64,

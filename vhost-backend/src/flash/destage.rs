@@ -81,8 +81,14 @@ impl Destager {
     }
 
     /// Whether a round is due: the NVLOG holds records and the interval
-    /// passed (or `now`), or it is past its quota fraction.
+    /// passed (or `now`), or it is past its quota fraction. With `now`, a
+    /// round is also due when segments were sealed since the last one
+    /// (entries fetched from the pool, say): it lets the cleaner evict
+    /// them.
     pub fn due(&mut self, shared: &Shared, now: bool) -> bool {
+        if now && self.sealed_since_last_round(shared) {
+            return true;
+        }
         let appended = shared.core.nvlog_appended.load(Ordering::Acquire);
         let status = self.link.call(&Request::Status, &|| true);
         match status {
@@ -110,6 +116,16 @@ impl Destager {
                 false
             }
         }
+    }
+
+    /// Whether a segment was sealed since the last round's cut.
+    fn sealed_since_last_round(&self, shared: &Shared) -> bool {
+        let state = shared.core.lock();
+        let open = state
+            .open
+            .as_ref()
+            .map_or(state.next_segment_seq, |o| o.seq());
+        open.saturating_sub(1) > self.sent_through_segment
     }
 
     /// Runs one round.
@@ -183,7 +199,9 @@ impl Destager {
         }
         self.send_stripe(core, &mut packer, &mut report)?;
 
-        if through_seq > 0 {
+        // Nothing new in the log (a round to let the cleaner evict what
+        // reads brought in): the last commit still stands.
+        if through_seq > core.nvlog_destaged.load(Ordering::Acquire) {
             let state = Checkpoint {
                 replay_from_rec: 0,
                 next_seq,
@@ -202,6 +220,8 @@ impl Destager {
             core.nvlog_destaged.store(through_seq, Ordering::Release);
         }
         self.sent_through_segment = next_cut;
+        core.destaged_through_segment
+            .store(next_cut, Ordering::Release);
         self.last_round = Instant::now();
         tracing::info!(
             entries = report.entries,

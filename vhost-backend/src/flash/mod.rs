@@ -240,6 +240,7 @@ impl FlashStore {
             durable_seq: AtomicU64::new(0),
             nvlog_appended: AtomicU64::new(0),
             nvlog_destaged: AtomicU64::new(0),
+            destaged_through_segment: AtomicU64::new(0),
             journal_used: AtomicU64::new(0),
             pool_reads,
             waiters: Mutex::new(Vec::new()),

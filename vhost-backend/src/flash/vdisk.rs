@@ -188,7 +188,12 @@ impl StoreVdisk {
             .dedupe_hits
             .fetch_add(hits as u64, std::sync::atomic::Ordering::Relaxed);
 
-        self.wait_for_room()?;
+        // Each frame also takes a summary entry.
+        let frame_bytes = frames
+            .iter()
+            .map(|(_, frame)| frame.len() + strata_common::ondisk::SUMMARY_ENTRY_LEN)
+            .sum();
+        self.wait_for_room(frame_bytes)?;
         // The map lock spans the append, the map change and the journal
         // entry, so a checkpoint sees all three or none of them.
         let mut map = self.map_mut();
@@ -255,6 +260,11 @@ impl StoreVdisk {
         let check = |fp: &Fingerprint, frame: &[u8]| {
             strata_common::frame::verify_checksum(frame).is_ok_and(|h| h.fingerprint == *fp)
         };
+        // Room for them all, as for a write (the cleaner evicts what the
+        // pool holds to make it).
+        let most = fps.iter().filter(|fp| !fp.is_zero()).count()
+            * (strata_common::frame::MAX_FRAME_LEN + strata_common::ondisk::SUMMARY_ENTRY_LEN);
+        self.wait_for_room(most)?;
         self.core.fetch_from_pool(&fps, EntryKind::Frame, &check)
     }
 
@@ -262,7 +272,7 @@ impl StoreVdisk {
     /// mapping. Returns the update's sequence number.
     pub fn unmap(&self, lba: u64, count: u64) -> Result<u64, StoreError> {
         let core = &*self.core;
-        self.wait_for_room()?;
+        self.wait_for_room(0)?;
         let mut map = self.map_mut();
         map.zero_range(lba, count).map_err(|e| self.map_error(e))?;
         let mut state = core.lock();
@@ -283,7 +293,11 @@ impl StoreVdisk {
     }
 
     /// Back-pressure: waits while the flusher is behind.
-    fn wait_for_room(&self) -> Result<(), StoreError> {
+    /// `frame_bytes` is what the caller is about to append: it may dip
+    /// into the slots kept for the cleaner only if that fits in the open
+    /// segment (a request of many frames could otherwise take one slot
+    /// after another).
+    fn wait_for_room(&self, frame_bytes: usize) -> Result<(), StoreError> {
         let core = &*self.core;
         let mut state = core.lock();
         loop {
@@ -291,7 +305,7 @@ impl StoreVdisk {
                 return Err(StoreError::Failed(reason.clone()));
             }
             let slots_ok = state.free.len() >= RESERVED_SLOTS
-                || state.open.as_ref().is_some_and(|o| o.fits(64 * 1024));
+                || state.open.as_ref().is_some_and(|o| o.fits(frame_bytes));
             if slots_ok
                 && state.unwritten.len() < MAX_UNWRITTEN_SEGMENTS
                 && state.batch.len() < MAX_BATCH_BYTES

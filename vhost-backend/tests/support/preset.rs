@@ -36,22 +36,32 @@ pub fn write_through_daemon(socket: &Path, writes: &[(u64, Vec<u8>)]) -> blkio::
     blkio.map_mem_region(&region)?;
     let queue = &mut started.queues[0];
     let memory = region.addr as *mut u8;
-    let wait = |queue: &mut blkio::Blkioq| -> blkio::Result<i32> {
+    let wait = |queue: &mut blkio::Blkioq, what: &str| -> blkio::Result<()> {
         let mut done = [MaybeUninit::<Completion>::uninit()];
         let mut timeout = Duration::from_secs(30);
         let n = queue.do_io(&mut done, 1, Some(&mut timeout), None)?;
-        assert_eq!(n, 1, "preset I/O timed out");
+        if n != 1 {
+            return Err(blkio::Error::new(
+                Errno::TIMEDOUT,
+                format!("{what} timed out"),
+            ));
+        }
         // SAFETY: do_io initialised the first n entries.
-        Ok(unsafe { done[0].assume_init_read() }.ret)
+        match unsafe { done[0].assume_init_read() }.ret {
+            0 => Ok(()),
+            ret => Err(blkio::Error::new(
+                Errno::from_raw_os_error(-ret),
+                format!("{what} failed"),
+            )),
+        }
     };
     for (offset, data) in writes {
         // SAFETY: the region is `len` bytes, at least `data.len()`, and
         // nothing is in flight on it.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), memory, data.len()) };
         queue.write(*offset, memory, data.len(), 0, ReqFlags::empty());
-        assert_eq!(wait(queue)?, 0, "preset write at {offset} failed");
+        wait(queue, &format!("preset write at {offset}"))?;
     }
     queue.flush(0, ReqFlags::empty());
-    assert_eq!(wait(queue)?, 0, "preset flush failed");
-    Ok(())
+    wait(queue, "preset flush")
 }
