@@ -118,14 +118,6 @@ impl PoolClient {
         }
     }
 
-    /// The last sequence number the host's NVLOG holds (0 if none ever).
-    pub async fn last_seq(&mut self) -> anyhow::Result<u64> {
-        match self.call(&Request::Status).await? {
-            Response::Status { last_seq, .. } => Ok(last_seq),
-            other => bail!("status: pool {} answered {other:?}", self.pool),
-        }
-    }
-
     /// The pool's address.
     pub fn pool(&self) -> SocketAddr {
         self.pool

@@ -132,9 +132,26 @@ fn launch(command: &PoolCommand, listen: &str) -> anyhow::Result<(Child, SocketA
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("cannot start {}", command.program.display()))?;
+    match wait_for_address(&mut child, command, start) {
+        Ok(address) => Ok((child, address)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// Waits until `child` reports its address in the lines its log gained
+/// after byte `start`.
+fn wait_for_address(
+    child: &mut Child,
+    command: &PoolCommand,
+    start: usize,
+) -> anyhow::Result<SocketAddr> {
     let deadline = Instant::now() + command.startup_timeout;
     loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
+        let text = fs::read_to_string(&command.log).unwrap_or_default();
         let fresh = text.get(start..).unwrap_or("");
         // Only whole lines: the pool may be in the middle of writing one.
         let reported = fresh
@@ -142,18 +159,15 @@ fn launch(command: &PoolCommand, listen: &str) -> anyhow::Result<(Child, SocketA
             .filter(|l| l.ends_with('\n'))
             .find_map(|l| l.strip_prefix(LISTENING_PREFIX));
         if let Some(line) = reported {
-            let address = line
+            return line
                 .trim()
                 .parse()
-                .with_context(|| format!("strata-pool reported address {line:?}"))?;
-            return Ok((child, address));
+                .with_context(|| format!("strata-pool reported address {line:?}"));
         }
         if let Some(status) = child.try_wait()? {
             bail!("strata-pool exited ({status}) before listening; log:\n{fresh}");
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             bail!(
                 "strata-pool did not listen within {:?}; log:\n{fresh}",
                 command.startup_timeout

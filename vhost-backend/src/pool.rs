@@ -337,15 +337,15 @@ impl PoolLink {
         request: &Request,
         abandon: &dyn Fn() -> bool,
     ) -> anyhow::Result<Attempt> {
-        if self.client.is_none() {
+        // The record may have become durable before the connection broke.
+        // It is sent again: the pool answers a sequence number it already
+        // holds with STALE_SEQUENCE, which after a reconnection means the
+        // record is ours and durable, because the pool refuses an append
+        // of a fenced lease before it looks at its sequence number (asking
+        // the log's last number instead could count a successor's record).
+        let reconnected = self.client.is_none();
+        if reconnected {
             self.ensure_connected()?;
-            let client = Self::client(&mut self.client, self.config.address)?;
-            // The record may have become durable before the connection
-            // broke: then it must not be sent again.
-            let last = self.runtime.block_on(client.last_seq())?;
-            if last >= seq {
-                return Ok(Attempt::Durable);
-            }
             tracing::info!(pool = %self.config.address, host = %self.config.host_name, "reconnected to the pool");
         }
         let client = Self::client(&mut self.client, self.config.address)?;
@@ -374,6 +374,10 @@ impl PoolLink {
                 code: code::FENCED,
                 message,
             } => Attempt::Refused(self.fenced(message).into()),
+            Response::Error {
+                code: code::STALE_SEQUENCE,
+                ..
+            } if reconnected => Attempt::Durable,
             Response::Error {
                 code: code::STALE_SEQUENCE,
                 message,

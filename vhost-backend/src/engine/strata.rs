@@ -32,6 +32,9 @@ const RING_ENTRIES: u32 = 256;
 /// anywhere in a page.
 const READ_BUF_LEN: usize = 3 * PAGE;
 const BLOCK: u64 = BLOCK_SIZE as u64;
+/// Lookups of one block a read makes before a frame that keeps moving (or
+/// being evicted) under it counts as bad.
+const LOOKUP_ATTEMPTS: usize = 3;
 
 /// A `strata` vdisk, shared by its queues.
 pub struct StrataEngine {
@@ -203,14 +206,22 @@ impl BlockReader {
     }
 
     /// Where block `lba`'s frame `fp` is, fetching the block's region from
-    /// the pool when the flash lacks it.
+    /// the pool when the flash lacks it (again, a few times, if the cleaner
+    /// evicts it in between).
     fn find(&self, lba: u64, fp: &Fingerprint) -> io::Result<Located> {
-        if let Some(located) = self.core.locate(fp) {
-            return Ok(located);
+        for _ in 0..LOOKUP_ATTEMPTS {
+            if let Some(located) = self.core.locate(fp) {
+                return Ok(located);
+            }
+            if self
+                .vdisk
+                .fetch_region(lba)
+                .map_err(|e| self.io_error("fetching from the pool failed", e))?
+                == 0
+            {
+                break;
+            }
         }
-        self.vdisk
-            .fetch_region(lba)
-            .map_err(|e| self.io_error("fetching from the pool failed", e))?;
         self.core.locate(fp).ok_or_else(|| self.missing(lba, fp))
     }
 
@@ -223,14 +234,29 @@ impl BlockReader {
             block.fill(0);
             return Ok(());
         }
-        let frame = match self.find(lba, &fp)? {
-            Located::Ram(frame) => frame,
-            Located::Flash(location) => self
-                .core
-                .read_flash(&location)
-                .map_err(|e| self.io_error("flash read failed", e))?,
-        };
-        self.decode(lba, &fp, &frame, block)
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (frame, location) = match self.find(lba, &fp)? {
+                Located::Ram(frame) => (frame, None),
+                Located::Flash(location) => (
+                    self.core
+                        .read_flash(&location)
+                        .map_err(|e| self.io_error("flash read failed", e))?,
+                    Some(location),
+                ),
+            };
+            // The cleaner may have moved or evicted the frame (and reused
+            // its place) between lookup and read: look it up again.
+            let raced = |location: Option<Location>| {
+                location.is_some_and(|l| self.moved(&fp, &l)) && attempts < LOOKUP_ATTEMPTS
+            };
+            match self.core.codec.decode(&frame, &fp, block) {
+                Ok(()) => return Ok(()),
+                Err(_) if raced(location) => continue,
+                Err(_) => return self.decode(lba, &fp, &frame, block),
+            }
+        }
     }
 
     /// Whether `fingerprint` is no longer at `location` (the cleaner moved it).

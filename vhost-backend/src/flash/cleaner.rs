@@ -99,13 +99,19 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
         (roots, core.lock().next_segment_seq)
     };
 
-    // Mark.
+    // Mark. Live map nodes are also kept apart: they are copied even
+    // where the pool holds them, so they count when choosing victims.
     let mut live: FxHashSet<Fingerprint> = FxHashSet::default();
+    let mut live_nodes: FxHashSet<Fingerprint> = FxHashSet::default();
     for root in &roots {
         let map = shared.open_map(root.block_count, root.root);
         map.visit(|visit| {
             Ok::<_, MapError>(match visit {
                 Visit::Node { id: Some(id), .. } if !live.insert(id) => Walk::SkipChildren,
+                Visit::Node { id: Some(id), .. } => {
+                    live_nodes.insert(id);
+                    Walk::Continue
+                }
                 Visit::Node { .. } => Walk::Continue,
                 Visit::Block { fingerprint, .. } => {
                     live.insert(fingerprint);
@@ -127,7 +133,8 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
         let touched = state.touched.as_ref();
         let mut live_bytes: FxHashMap<u32, u64> = FxHashMap::default();
         for (fp, location) in &state.index {
-            if evictable(shared, &state, location.slot, in_pool_through) {
+            if evictable(shared, &state, location.slot, in_pool_through) && !live_nodes.contains(fp)
+            {
                 continue;
             }
             if live.contains(fp) || touched.is_some_and(|t| t.contains(fp)) {

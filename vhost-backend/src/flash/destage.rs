@@ -35,7 +35,7 @@ use super::core::{Core, SlotState};
 use super::flusher::flush_roots;
 use super::segment::Location;
 use super::{Shared, StoreError};
-use crate::pool::PoolLink;
+use crate::pool::{Fenced, PoolLink};
 
 /// Bytes of entries per stripe.
 pub const STRIPE_DATA: usize = 4 << 20;
@@ -86,11 +86,13 @@ impl Destager {
     /// (entries fetched from the pool, say): it lets the cleaner evict
     /// them.
     pub fn due(&mut self, shared: &Shared, now: bool) -> bool {
-        if now && self.sealed_since_last_round(shared) {
+        let appended = shared.core.nvlog_appended.load(Ordering::Acquire);
+        // Asked first in any case: a round with the pool away would wait
+        // for it, and the cleaner thread with it.
+        let status = self.link.call(&Request::Status, &|| true);
+        if status.is_ok() && now && self.sealed_since_last_round(shared) {
             return true;
         }
-        let appended = shared.core.nvlog_appended.load(Ordering::Acquire);
-        let status = self.link.call(&Request::Status, &|| true);
         match status {
             Ok(Response::Status {
                 used,
@@ -275,10 +277,18 @@ impl Destager {
 
     /// Sends `request`, retrying across lost connections until the store
     /// stops.
+    /// A newer strata-host having taken this host's lease fails the store:
+    /// nothing this one does reaches the pool any more.
     fn call(&mut self, core: &Core, request: Request) -> Result<Response, StoreError> {
         self.link
             .call(&request, &|| core.lock().stopping)
-            .map_err(|e| StoreError::Pool(format!("destage: {e:#}")))
+            .map_err(|e| {
+                let error = format!("destage: {e:#}");
+                if e.downcast_ref::<Fenced>().is_some() {
+                    core.fail(error.clone());
+                }
+                StoreError::Pool(error)
+            })
     }
 }
 
