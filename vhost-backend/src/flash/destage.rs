@@ -50,8 +50,6 @@ pub struct Destager {
     link: PoolLink,
     interval: Duration,
     last_round: Instant,
-    /// Segments numbered up to this were sent in an earlier round.
-    sent_through_segment: u64,
     /// Data chunks of this round's stripes.
     data_chunks: usize,
 }
@@ -75,7 +73,6 @@ impl Destager {
             link,
             interval,
             last_round: Instant::now(),
-            sent_through_segment: 0,
             data_chunks: DATA_CHUNKS,
         }
     }
@@ -127,7 +124,7 @@ impl Destager {
             .open
             .as_ref()
             .map_or(state.next_segment_seq, |o| o.seq());
-        open.saturating_sub(1) > self.sent_through_segment
+        open.saturating_sub(1) > shared.core.destaged_through_segment.load(Ordering::Acquire)
     }
 
     /// Runs one round.
@@ -139,6 +136,7 @@ impl Destager {
 
         // Every entry of the segments since the last round; segments from
         // the open one on may still grow, so the next round looks again.
+        let sent_through = core.destaged_through_segment.load(Ordering::Acquire);
         let (mut entries, next_cut) = {
             let state = core.lock();
             let entries: Vec<(Fingerprint, Location)> = state
@@ -146,7 +144,7 @@ impl Destager {
                 .iter()
                 .filter(|(_, l)| {
                     let slot = &state.slots[l.slot as usize];
-                    !matches!(slot.state, SlotState::Free) && slot.seq > self.sent_through_segment
+                    !matches!(slot.state, SlotState::Free) && slot.seq > sent_through
                 })
                 .map(|(fp, l)| (*fp, *l))
                 .collect();
@@ -221,7 +219,6 @@ impl Destager {
             core.counters.destages.fetch_add(1, Ordering::Relaxed);
             core.nvlog_destaged.store(through_seq, Ordering::Release);
         }
-        self.sent_through_segment = next_cut;
         core.destaged_through_segment
             .store(next_cut, Ordering::Release);
         self.last_round = Instant::now();
