@@ -575,8 +575,8 @@ fn checksum(bytes: &[u8]) -> [u8; SUM_LEN] {
 }
 
 /// Builds a key file's bytes. `nonces` holds the data key's nonce, then the
-/// dedupe key's.
-fn encode_key_file(
+/// dedupe key's; `path` is only for errors.
+pub fn encode_key_file(
     data_key: &[u8; KEY_LEN],
     dedupe_key: &[u8; KEY_LEN],
     nonces: &[u8; 2 * NONCE_LEN],
@@ -617,7 +617,7 @@ fn encode_key_file(
 
 /// Parses and unwraps a key file's bytes; `path` is only for errors.
 /// Never panics, whatever the bytes.
-fn decode_key_file(
+pub fn decode_key_file(
     bytes: &[u8],
     datastore: &str,
     master: &MasterKey,

@@ -148,15 +148,7 @@ impl Drives {
                 .and_then(|()| fs::File::open(&self.paths[drive])?.sync_all())
                 .map_err(self.io_error(drive, "creating a chunk directory"))?;
         }
-        let mut image = Vec::with_capacity(HEADER_LEN + payload.len());
-        image.extend_from_slice(MAGIC);
-        image.extend_from_slice(&chunk.stripe.to_le_bytes());
-        image.push(chunk.index as u8);
-        image.push(0);
-        image.extend_from_slice(&chunk.gen.to_le_bytes());
-        image.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        image.extend_from_slice(&chunk_checksum(payload).to_le_bytes());
-        image.extend_from_slice(payload);
+        let image = encode_chunk(chunk, payload);
         let tmp = path.with_extension(format!("{}.tmp", chunk.index));
         let mut file = fs::File::create(&tmp).map_err(self.io_error(drive, "creating a chunk"))?;
         file.write_all(&image)
@@ -183,36 +175,10 @@ impl Drives {
             }
             Err(source) => return Err(self.io_error(drive, "reading a chunk")(source)),
         };
-        let damaged = |why| ChunkError::Damaged { drive, chunk, why };
-        if image.len() != HEADER_LEN + len {
-            return Err(damaged("wrong length"));
+        match decode_chunk(&image, chunk, len) {
+            Ok(payload) => Ok(payload.to_vec()),
+            Err(why) => Err(ChunkError::Damaged { drive, chunk, why }),
         }
-        let (header, payload) = image.split_at(HEADER_LEN);
-        let word = |at: usize, n: usize| {
-            header[at..at + n]
-                .iter()
-                .rev()
-                .fold(0u64, |v, &b| (v << 8) | u64::from(b))
-        };
-        if &header[..8] != MAGIC {
-            return Err(damaged("bad magic"));
-        }
-        if header[17] != 0 {
-            return Err(damaged("bad header padding"));
-        }
-        if word(8, 8) != chunk.stripe
-            || usize::from(header[16]) != chunk.index
-            || word(18, 2) != u64::from(chunk.gen)
-        {
-            return Err(damaged("header names another chunk"));
-        }
-        if word(20, 4) != len as u64 {
-            return Err(damaged("header length differs"));
-        }
-        if word(24, 8) != chunk_checksum(payload) {
-            return Err(damaged("checksum mismatch"));
-        }
-        Ok(payload.to_vec())
     }
 
     /// Deletes `chunk` from `drive` (a rebuild's old copy); a missing file
@@ -226,6 +192,55 @@ impl Drives {
             }
         }
     }
+}
+
+/// The bytes of `chunk`'s file: header, then `payload`.
+pub fn encode_chunk(chunk: ChunkId, payload: &[u8]) -> Vec<u8> {
+    let mut image = Vec::with_capacity(HEADER_LEN + payload.len());
+    image.extend_from_slice(MAGIC);
+    image.extend_from_slice(&chunk.stripe.to_le_bytes());
+    image.push(chunk.index as u8);
+    image.push(0);
+    image.extend_from_slice(&chunk.gen.to_le_bytes());
+    image.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    image.extend_from_slice(&chunk_checksum(payload).to_le_bytes());
+    image.extend_from_slice(payload);
+    image
+}
+
+/// Checks that `image` is the file of `chunk` with a `len`-byte payload and
+/// returns the payload, or which check failed. Never panics, whatever the
+/// bytes.
+pub fn decode_chunk(image: &[u8], chunk: ChunkId, len: usize) -> Result<&[u8], &'static str> {
+    if Some(image.len()) != HEADER_LEN.checked_add(len) {
+        return Err("wrong length");
+    }
+    let (header, payload) = image.split_at(HEADER_LEN);
+    let word = |at: usize, n: usize| {
+        header[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &b| (v << 8) | u64::from(b))
+    };
+    if &header[..8] != MAGIC {
+        return Err("bad magic");
+    }
+    if header[17] != 0 {
+        return Err("bad header padding");
+    }
+    if word(8, 8) != chunk.stripe
+        || usize::from(header[16]) != chunk.index
+        || word(18, 2) != u64::from(chunk.gen)
+    {
+        return Err("header names another chunk");
+    }
+    if word(20, 4) != len as u64 {
+        return Err("header length differs");
+    }
+    if word(24, 8) != chunk_checksum(payload) {
+        return Err("checksum mismatch");
+    }
+    Ok(payload)
 }
 
 #[cfg(test)]

@@ -361,7 +361,8 @@ pub fn record_bytes(payload_len: usize) -> u64 {
     (HEADER_LEN + payload_len) as u64
 }
 
-fn encode_record(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+/// Appends the record of `payload` with number `seq` to `out`.
+pub fn encode_record(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     let mut header = [0u8; HEADER_LEN];
     header[..4].copy_from_slice(&MAGIC);
     header[4] = VERSION;
@@ -374,8 +375,8 @@ fn encode_record(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Parses the record at the start of `bytes`: its sequence number and
-/// payload length, or which check failed.
-fn parse_record(bytes: &[u8]) -> Result<(u64, u32), &'static str> {
+/// payload length, or which check failed. Never panics, whatever the bytes.
+pub fn parse_record(bytes: &[u8]) -> Result<(u64, u32), &'static str> {
     let header = bytes.get(..HEADER_LEN).ok_or("truncated header")?;
     if header[..4] != MAGIC {
         return Err("bad magic");

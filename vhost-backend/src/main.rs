@@ -9,7 +9,6 @@ mod engine;
 mod flash;
 mod pool;
 mod queue;
-mod request;
 mod server;
 mod status;
 mod vdisk;

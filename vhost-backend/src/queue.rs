@@ -5,10 +5,23 @@
 //! own [`QueueWorker`], so queues share nothing on the I/O path. The worker
 //! sits behind a mutex only so that `GET_VRING_BASE` and shutdown, which run
 //! on other threads, can drain it; on the I/O path the lock is uncontended.
+//!
+//! Requests run concurrently and finish in any order, but they are put on
+//! the used ring in the order they were taken from the available ring: a
+//! request that finishes early waits there for the ones before it. That is
+//! what makes a restarted strata-host safe without the inflight-tracking
+//! protocol feature: when the daemon dies, QEMU cannot ask where the queue
+//! stood and resumes the new daemon at the used ring's index, so everything
+//! before that index must be done and everything after it not yet told to
+//! the guest (it is simply executed again). Published out of order, a
+//! request still running would be skipped (the guest hangs) and one already
+//! completed run again after the guest reused its buffers.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
+use strata_host::request::{self, Descriptor, Request, RequestKind};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::QueueT;
@@ -18,7 +31,6 @@ use vm_memory::{
 };
 
 use crate::engine::{BlockOp, EngineQueue, IoBuf};
-use crate::request::{self, Descriptor, Request, RequestKind};
 use crate::vdisk::Vdisk;
 
 /// Guest memory as the daemon maps it.
@@ -40,6 +52,8 @@ struct Slot {
     failed: bool,
     /// Bytes the device wrote into the chain, status byte included.
     used_len: u32,
+    /// Finished, waiting for the requests taken before it.
+    done: bool,
     /// Keeps the memory map the buffers point into alive until completion.
     mem: Option<GuestMemoryLoadGuard<GuestMem>>,
 }
@@ -53,6 +67,9 @@ pub struct QueueWorker {
     vring: Option<Vring>,
     slots: Vec<Slot>,
     free: Vec<u16>,
+    /// Slots of the requests taken and not yet on the used ring, in the
+    /// order they were taken.
+    taken: VecDeque<u16>,
     stopped: bool,
     needs_signal: bool,
     scratch: Vec<Descriptor>,
@@ -76,6 +93,7 @@ impl QueueWorker {
             vring: None,
             slots: Vec::new(),
             free: Vec::new(),
+            taken: VecDeque::new(),
             stopped: false,
             needs_signal: false,
             scratch: Vec::new(),
@@ -170,6 +188,7 @@ impl QueueWorker {
                 break;
             };
             let head = chain.head_index();
+            self.taken.push_back(slot);
             self.start(slot, head, chain.map(Descriptor::from), mem, queue_size);
             // Start each request at once rather than one submission per
             // kick: batching whole kicks makes the device see the queue in
@@ -210,6 +229,7 @@ impl QueueWorker {
         slot.pending = 0;
         slot.failed = false;
         slot.used_len = 1;
+        slot.done = false;
         if let Err(rejection) =
             request::parse(descs, &*mem, &limits, &mut self.scratch, &mut slot.req)
         {
@@ -217,12 +237,12 @@ impl QueueWorker {
                 tracing::warn!(vdisk = %self.vdisk.name, queue = self.index, head, reason = rejection.reason,
                     status = rejection.code, suppressed = dropped, "bad request from the guest");
             }
-            let used_len = match rejection.status {
+            slot.used_len = match rejection.status {
                 Some(status) if mem.write_obj(rejection.code, status).is_ok() => 1,
                 _ => 0,
             };
-            self.add_used(head, used_len);
-            self.free.push(tag);
+            slot.done = true;
+            self.publish();
             return;
         }
         slot.mem = Some(mem);
@@ -326,7 +346,8 @@ impl QueueWorker {
         }
     }
 
-    /// Writes the status of slot `tag` and puts it on the used ring.
+    /// Writes the status of slot `tag` and publishes whatever is now done
+    /// in order.
     fn complete(&mut self, tag: u16) {
         let slot = &mut self.slots[tag as usize];
         let status = if slot.failed {
@@ -334,17 +355,32 @@ impl QueueWorker {
         } else {
             VIRTIO_BLK_S_OK
         } as u8;
-        let (head, mut used_len) = (slot.head, slot.used_len);
         if slot.failed {
-            used_len = 1;
+            slot.used_len = 1;
         }
         if let Some(mem) = slot.mem.take() {
             if let Err(e) = mem.write_obj(status, slot.req.status) {
                 tracing::error!(vdisk = %self.vdisk.name, queue = self.index, error = %e, "cannot write the status byte");
             }
         }
-        self.add_used(head, used_len);
-        self.free.push(tag);
+        slot.done = true;
+        self.publish();
+    }
+
+    /// Puts finished requests on the used ring, oldest first, up to the
+    /// first one still running (see the [module docs](self)).
+    fn publish(&mut self) {
+        while let Some(&tag) = self.taken.front() {
+            let slot = &mut self.slots[tag as usize];
+            if !slot.done {
+                break;
+            }
+            slot.done = false;
+            let (head, used_len) = (slot.head, slot.used_len);
+            self.taken.pop_front();
+            self.add_used(head, used_len);
+            self.free.push(tag);
+        }
     }
 
     fn add_used(&mut self, head: u16, len: u32) {
@@ -414,4 +450,160 @@ fn write_serial(mem: &GuestMem, data: &[(GuestAddress, u32)], serial: &[u8]) -> 
         written += take;
     }
     Ok(written as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use strata_common::config::VdiskConfig;
+    use vhost_user_backend::VringT;
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{GuestAddress, GuestMemoryAtomic};
+
+    use super::*;
+    use crate::engine::{Completion, Engine, EngineInfo};
+
+    /// An engine whose operations finish when the test says so.
+    struct HeldEngine;
+
+    impl Engine for HeldEngine {
+        fn info(&self) -> EngineInfo {
+            EngineInfo {
+                capacity: 1 << 20,
+                read_only: false,
+            }
+        }
+
+        fn new_queue(&self, _queue_index: u16) -> io::Result<Box<dyn EngineQueue>> {
+            Err(io::Error::other("the test makes its own queue"))
+        }
+    }
+
+    /// Tags submitted, and tags the test has let finish.
+    #[derive(Default)]
+    struct Held {
+        submitted: Vec<u32>,
+        released: Vec<u32>,
+    }
+
+    struct HeldQueue(Arc<Mutex<Held>>);
+
+    impl EngineQueue for HeldQueue {
+        fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+            None
+        }
+
+        unsafe fn submit(&mut self, _op: BlockOp<'_>, tag: u32) -> io::Result<()> {
+            self.0.lock().unwrap().submitted.push(tag);
+            Ok(())
+        }
+
+        fn commit(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn reap(&mut self, done: Completion<'_>) {
+            for tag in std::mem::take(&mut self.0.lock().unwrap().released) {
+                done(tag, Ok(()));
+            }
+        }
+
+        fn drain(&mut self, done: Completion<'_>) {
+            self.reap(done);
+        }
+    }
+
+    /// The heads on the used ring, in ring order.
+    fn used_heads(queue: &MockSplitQueue<GuestMem>) -> Vec<u32> {
+        let used = queue.used();
+        let count = used.idx().load();
+        (0..count)
+            .map(|i| used.ring().ref_at(usize::from(i)).unwrap().load().id())
+            .collect()
+    }
+
+    #[test]
+    fn requests_finishing_out_of_order_are_published_in_order() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let queue = MockSplitQueue::new(&mem, 16);
+        // Three reads of one sector each: header, data, status.
+        let mut descs = Vec::new();
+        for i in 0..3u64 {
+            let header = 0x1_0000 + i * 0x100;
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+            bytes[8..].copy_from_slice(&i.to_le_bytes());
+            mem.write_slice(&bytes, GuestAddress(header)).unwrap();
+            let first = (i * 3) as u16;
+            let writable = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+            let next = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                header,
+                16,
+                next,
+                first + 1,
+            )));
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                0x2_0000 + i * 0x1000,
+                512,
+                writable | next,
+                first + 2,
+            )));
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                0x3_0000 + i,
+                1,
+                writable,
+                0,
+            )));
+        }
+        queue.add_desc_chains(&descs, 0).unwrap();
+
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let vring = Vring::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(
+                queue.desc_table_addr().0,
+                queue.avail_addr().0,
+                queue.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+
+        let config = VdiskConfig::from_spec("name=held,size=1M").unwrap();
+        let vdisk = Arc::new(Vdisk::new(&config, Arc::new(HeldEngine)));
+        let held = Arc::new(Mutex::new(Held::default()));
+        let engine = Box::new(HeldQueue(held.clone()));
+        let mut worker = QueueWorker::new(vdisk, 0, engine, atomic);
+        worker.on_kick(&vring).unwrap();
+        let tags = held.lock().unwrap().submitted.clone();
+        assert_eq!(tags.len(), 3, "every request reaches the engine");
+
+        let mut finish = |tag: u32| {
+            held.lock().unwrap().released.push(tag);
+            worker.on_completion().unwrap();
+        };
+        finish(tags[2]);
+        assert_eq!(
+            used_heads(&queue),
+            Vec::<u32>::new(),
+            "the last request waits for the first two"
+        );
+        finish(tags[0]);
+        assert_eq!(
+            used_heads(&queue),
+            vec![0],
+            "the first request is published"
+        );
+        finish(tags[1]);
+        assert_eq!(
+            used_heads(&queue),
+            vec![0, 3, 6],
+            "the rest follow in the order they were taken"
+        );
+    }
 }

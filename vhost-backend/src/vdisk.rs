@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use strata_common::config::{CacheMode, VdiskConfig};
+use strata_host::request::Limits;
 
 use crate::engine::Engine;
-use crate::request::Limits;
 use crate::virtio_config::{DeviceShape, MAX_RANGES, MAX_RANGE_SECTORS, SEG_MAX};
 
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES).
