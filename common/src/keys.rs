@@ -575,7 +575,9 @@ fn checksum(bytes: &[u8]) -> [u8; SUM_LEN] {
 }
 
 /// Builds a key file's bytes. `nonces` holds the data key's nonce, then the
-/// dedupe key's; `path` is only for errors.
+/// dedupe key's; `path` is only for errors. Public for the fuzz targets;
+/// key files are made by [`DatastoreKeys::load_or_create`], with fresh
+/// random nonces.
 pub fn encode_key_file(
     data_key: &[u8; KEY_LEN],
     dedupe_key: &[u8; KEY_LEN],

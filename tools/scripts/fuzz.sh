@@ -12,7 +12,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if grep -q '^nightly' <<<"$(rustup toolchain list 2>/dev/null)"; then
     toolchain=(+nightly)
     sanitizer=address
 else
@@ -23,7 +23,9 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for dir in common/fuzz pool-node/fuzz vhost-backend/fuzz; do
-    for target in $(cargo "${toolchain[@]}" fuzz list --fuzz-dir "$dir"); do
+    # On its own line, so that a failing `cargo fuzz list` stops the script.
+    targets=$(cargo "${toolchain[@]}" fuzz list --fuzz-dir "$dir")
+    for target in $targets; do
         echo "== $dir $target (${seconds}s, sanitizer $sanitizer)"
         if ! cargo "${toolchain[@]}" fuzz run --fuzz-dir "$dir" --sanitizer "$sanitizer" "$target" -- \
             -max_total_time="$seconds" -rss_limit_mb=2048 >"$log" 2>&1; then

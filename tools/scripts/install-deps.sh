@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Strata needs to build, run and test on Debian bookworm:
-# QEMU (the guest tests and qemu-storage-daemon for benchmarks), the tools the
-# test guest is built with, and the Rust components the checks use.
+# QEMU (the guest tests and qemu-storage-daemon for benchmarks), a C++
+# compiler (libFuzzer, for the fuzz targets), the tools the test guest is
+# built with, and the Rust components the checks use.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 

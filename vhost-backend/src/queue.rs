@@ -111,6 +111,12 @@ impl QueueWorker {
     pub fn on_kick(&mut self, vring: &Vring) -> io::Result<()> {
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
+            // The first kick of a connection (vhost-user-backend kicks
+            // every queue it enables): interrupt the guest once. A daemon
+            // killed after putting requests on the used ring and before
+            // signalling would otherwise leave the guest waiting for them;
+            // a spurious interrupt only costs it a look at the ring.
+            vring.signal_used_queue()?;
         }
         let event_idx = vring.get_ref().get_queue().event_idx_enabled();
         loop {
@@ -525,41 +531,43 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn requests_finishing_out_of_order_are_published_in_order() {
-        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let queue = MockSplitQueue::new(&mem, 16);
-        // Three reads of one sector each: header, data, status.
-        let mut descs = Vec::new();
-        for i in 0..3u64 {
+    /// Lays out, from descriptor 0 on, one chain per entry: a one-sector
+    /// read (`true`: header, data, status) or a malformed chain (`false`:
+    /// a status byte and no header). Returns each chain's head.
+    fn lay_out(mem: &GuestMem, queue: &MockSplitQueue<GuestMem>, reads: &[bool]) -> Vec<u32> {
+        let writable = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+        let next = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+        let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        };
+        let (mut descs, mut heads) = (Vec::new(), Vec::new());
+        for (i, &read) in (0u64..).zip(reads) {
+            let first = descs.len() as u16;
+            heads.push(u32::from(first));
+            let status = 0x3_0000 + i;
+            if !read {
+                descs.push(desc(status, 1, writable, 0));
+                continue;
+            }
             let header = 0x1_0000 + i * 0x100;
             let mut bytes = [0u8; 16];
             bytes[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
             bytes[8..].copy_from_slice(&i.to_le_bytes());
             mem.write_slice(&bytes, GuestAddress(header)).unwrap();
-            let first = (i * 3) as u16;
-            let writable = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
-            let next = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-            descs.push(RawDescriptor::from(SplitDescriptor::new(
-                header,
-                16,
-                next,
-                first + 1,
-            )));
-            descs.push(RawDescriptor::from(SplitDescriptor::new(
-                0x2_0000 + i * 0x1000,
-                512,
-                writable | next,
-                first + 2,
-            )));
-            descs.push(RawDescriptor::from(SplitDescriptor::new(
-                0x3_0000 + i,
-                1,
-                writable,
-                0,
-            )));
+            descs.push(desc(header, 16, next, first + 1));
+            descs.push(desc(0x2_0000 + i * 0x1000, 512, writable | next, first + 2));
+            descs.push(desc(status, 1, writable, 0));
         }
         queue.add_desc_chains(&descs, 0).unwrap();
+        heads
+    }
+
+    #[test]
+    fn requests_finishing_out_of_order_are_published_in_order() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let queue = MockSplitQueue::new(&mem, 16);
+        // A read, a malformed chain (rejected at once), then three reads.
+        let heads = lay_out(&mem, &queue, &[true, false, true, true, true]);
 
         let atomic = GuestMemoryAtomic::new(mem.clone());
         let vring = Vring::new(atomic.clone(), 16).unwrap();
@@ -573,6 +581,8 @@ mod tests {
             .unwrap();
         vring.set_queue_ready(true);
         vring.set_enabled(true);
+        let (mut interrupts, call) = std::io::pipe().unwrap();
+        vring.set_call(Some(std::fs::File::from(std::os::fd::OwnedFd::from(call))));
 
         let config = VdiskConfig::from_spec("name=held,size=1M").unwrap();
         let vdisk = Arc::new(Vdisk::new(&config, Arc::new(HeldEngine)));
@@ -581,29 +591,44 @@ mod tests {
         let mut worker = QueueWorker::new(vdisk, 0, engine, atomic);
         worker.on_kick(&vring).unwrap();
         let tags = held.lock().unwrap().submitted.clone();
-        assert_eq!(tags.len(), 3, "every request reaches the engine");
-
-        let mut finish = |tag: u32| {
-            held.lock().unwrap().released.push(tag);
-            worker.on_completion().unwrap();
-        };
-        finish(tags[2]);
+        assert_eq!(tags.len(), 4, "every read reaches the engine");
+        // Closing the call end lets the read below see only what was sent.
+        vring.set_call(None);
+        let mut sent = Vec::new();
+        std::io::Read::read_to_end(&mut interrupts, &mut sent).unwrap();
+        assert_eq!(sent.len(), 8, "the first kick interrupts the guest once");
         assert_eq!(
             used_heads(&queue),
             Vec::<u32>::new(),
-            "the last request waits for the first two"
+            "the rejected chain waits for the read before it"
         );
-        finish(tags[0]);
+
+        let release = |tag: u32| held.lock().unwrap().released.push(tag);
+        release(tags[1]);
+        worker.on_completion().unwrap();
         assert_eq!(
             used_heads(&queue),
-            vec![0],
-            "the first request is published"
+            Vec::<u32>::new(),
+            "a later read waits for the first"
         );
-        finish(tags[1]);
+        release(tags[0]);
+        worker.on_completion().unwrap();
         assert_eq!(
             used_heads(&queue),
-            vec![0, 3, 6],
-            "the rest follow in the order they were taken"
+            heads[..3].to_vec(),
+            "the first read, the rejected chain and the finished read follow in order"
         );
+        // Draining (a stop or a disconnect) publishes the rest.
+        release(tags[3]);
+        release(tags[2]);
+        worker.drain(false);
+        assert_eq!(
+            used_heads(&queue),
+            heads,
+            "a drain publishes everything, in order"
+        );
+        // The rejected chain was published once, with its status written.
+        let status: u8 = mem.read_obj(GuestAddress(0x3_0001)).unwrap();
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR);
     }
 }

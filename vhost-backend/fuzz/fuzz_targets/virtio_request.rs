@@ -12,9 +12,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 const QUEUE_SIZE: u16 = 16;
-/// Guest memory: two regions with a hole between them, so buffers can
-/// straddle a region boundary or fall into the hole.
-const REGIONS: [(u64, usize); 2] = [(0, 0x8000), (0xc000, 0x8000)];
+/// Guest memory: two adjacent regions, then a hole, then a third, so
+/// buffers can straddle a region boundary or fall into the hole.
+const REGIONS: [(u64, usize); 3] = [(0, 0x8000), (0x8000, 0x4000), (0x10000, 0x8000)];
 /// The descriptor table (16 bytes a descriptor) and the available ring come
 /// first, so a few hundred bytes of input already make requests; the used
 /// ring, which only the device writes, is out of the input's way.
@@ -29,17 +29,20 @@ fuzz_target!(|input: &[u8]| {
     };
     let ranges: Vec<_> = REGIONS.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
     let mem: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(&ranges).expect("guest memory");
-    // The input fills the first region from its start, queue included.
-    let filled = contents.len().min(REGIONS[0].1);
-    mem.write_slice(&contents[..filled], GuestAddress(0))
-        .expect("the first region takes the input");
+    // The input fills the two adjacent regions from address 0 (queue
+    // included), and what is left the third.
+    let (low, high) = contents.split_at(contents.len().min(REGIONS[0].1 + REGIONS[1].1));
+    mem.write_slice(low, GuestAddress(0))
+        .expect("the adjacent regions take the input");
+    let high = &high[..high.len().min(REGIONS[2].1)];
+    mem.write_slice(high, GuestAddress(REGIONS[2].0))
+        .expect("the third region takes the rest");
 
     let mut queue = Queue::new(QUEUE_SIZE).expect("a queue");
     queue.set_size(QUEUE_SIZE);
     queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
     queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
     queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
-    queue.set_event_idx(flags & 1 != 0);
     queue.set_ready(true);
     if !queue.is_valid(&mem) {
         return;
@@ -47,7 +50,7 @@ fuzz_target!(|input: &[u8]| {
 
     let limits = Limits {
         capacity: CAPACITY,
-        read_only: flags & 2 != 0,
+        read_only: flags & 1 != 0,
         max_ranges: 4,
         max_range_sectors: 1 << 12,
         max_descriptors: usize::from(QUEUE_SIZE),
@@ -86,10 +89,16 @@ fn check_accepted(req: &Request, limits: &Limits, mem: &GuestMemoryMmap<()>) {
         mem.check_range(req.status, 1, Permissions::Write),
         "the status byte is not guest memory"
     );
+    // The daemon writes into the buffers of reads and GET_ID, and reads
+    // those of writes.
+    let access = match req.kind {
+        RequestKind::Read | RequestKind::GetId => Permissions::Write,
+        _ => Permissions::Read,
+    };
     let mut total = 0u64;
     for &(addr, len) in &req.data {
         assert!(
-            mem.check_range(addr, len as usize, Permissions::Read),
+            mem.check_range(addr, len as usize, access),
             "a data buffer is not guest memory"
         );
         total += u64::from(len);
