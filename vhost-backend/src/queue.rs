@@ -115,8 +115,11 @@ impl QueueWorker {
             // every queue it enables): interrupt the guest once. A daemon
             // killed after putting requests on the used ring and before
             // signalling would otherwise leave the guest waiting for them;
-            // a spurious interrupt only costs it a look at the ring.
-            vring.signal_used_queue()?;
+            // a spurious interrupt only costs it a look at the ring. A
+            // failure here must not keep the kick's requests from running.
+            if let Err(e) = vring.signal_used_queue() {
+                tracing::warn!(vdisk = %self.vdisk.name, queue = self.index, error = %e, "cannot interrupt the guest on the first kick");
+            }
         }
         let event_idx = vring.get_ref().get_queue().event_idx_enabled();
         loop {
