@@ -168,7 +168,12 @@ impl Vm {
     /// initrd.
     pub fn qemu_args(&self, kernel: &Path, initrd: &Path) -> Vec<String> {
         let mem = format!("{}M", self.memory_mib);
-        let mut cmdline = "console=ttyS0 panic=-1 quiet".to_string();
+        // `no_timer_check`: at boot Linux counts timer ticks over a short
+        // busy wait to decide whether the IO-APIC routes the timer; under
+        // TCG on a loaded host the ticks arrive late, and the check ends
+        // in "IO-APIC + timer doesn't work!" and a panic before any test
+        // code runs.
+        let mut cmdline = "console=ttyS0 panic=-1 quiet no_timer_check".to_string();
         if !self.bios_disk_io {
             cmdline.push_str(" edd=off");
         }
@@ -538,6 +543,7 @@ mod tests {
         assert!(a.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(a.contains("-smp 2"));
         assert!(a.contains(" edd=off"));
+        assert!(a.contains(" no_timer_check"));
         let b = vm
             .bios_disk_io(true)
             .qemu_args(Path::new("/k"), Path::new("/i"));
