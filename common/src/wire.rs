@@ -24,6 +24,7 @@
 //! | 12 | `Rebuild` | — (admin only) |
 //! | 13 | `Open` | epoch u64 (0: take a new lease) |
 //! | 14 | `ClaimVdisk` | name bytes (UTF-8) |
+//! | 15 | `ReadRecord` | seq u64 |
 //! | 0x81 | `Appended` | seq u64 |
 //! | 0x82 | `Record` | seq u64, payload bytes |
 //! | 0x83 | `ReplayDone` | last_seq u64 |
@@ -172,6 +173,14 @@ pub enum Request {
         /// The vdisk's name, at most [`MAX_VDISK_NAME_LEN`] bytes of UTF-8.
         name: String,
     },
+    /// Send NVLOG record `seq` as a [`Response::Record`]; refused with
+    /// [`code::NOT_FOUND`] when the log does not hold it (truncated, or
+    /// never appended). A host repairs a damaged frame on its flash that
+    /// is not yet in the stripes from the record that logged it.
+    ReadRecord {
+        /// The record's sequence number.
+        seq: u64,
+    },
 }
 
 /// Error codes of [`Response::Error`].
@@ -191,6 +200,8 @@ pub mod code {
     pub const FENCED: u16 = 6;
     /// The vdisk is held by another host.
     pub const HELD: u16 = 7;
+    /// The NVLOG does not hold the record asked for.
+    pub const NOT_FOUND: u16 = 8;
 }
 
 /// A response from the pool.
@@ -390,6 +401,10 @@ impl Request {
                 w.u8(14);
                 w.bytes(name.as_bytes());
             }
+            Request::ReadRecord { seq } => {
+                w.u8(15);
+                w.u64(*seq);
+            }
         }
         w.finish()
     }
@@ -459,6 +474,7 @@ impl Request {
             14 => Request::ClaimVdisk {
                 name: r.text("vdisk name", MAX_VDISK_NAME_LEN)?,
             },
+            15 => Request::ReadRecord { seq: r.u64()? },
             kind => return Err(WireError::UnknownKind(kind)),
         };
         r.end()?;
@@ -819,6 +835,7 @@ mod tests {
             Request::ClaimVdisk {
                 name: "db-é".to_string(),
             },
+            Request::ReadRecord { seq: 41 },
         ]
     }
 

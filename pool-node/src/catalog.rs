@@ -5,12 +5,16 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `stripes` | stripe id u64 | k u8, generation u16, chunk_len u32, data_len u32, drive u16 per chunk |
+//! | `stripes` | stripe id u64 | k u8, generation u16, chunk_len u32, data_len u32, then per chunk: drive u16, place u64 |
 //! | `frames` | fingerprint (32 bytes) | stripe u64, offset u32, len u32 |
 //! | `commits` | host name | through_seq u64, state bytes |
 //! | `drives` | drive number u16 | 1 if failed |
 //! | `leases` | host name | fencing epoch u64 of the host's current lease |
 //! | `vdisks` | vdisk name | the name of the host that holds it |
+//!
+//! A chunk's place is its byte offset on a device drive (0 on a directory
+//! drive). Records written before device drives existed list drives only
+//! (2 bytes per chunk) and read as places 0.
 //!
 //! A commit or a vdisk claim checks the host's lease epoch in its own
 //! transaction, so a host fenced by a newer lease can never overwrite the
@@ -72,8 +76,8 @@ const RECORD_HEADER: usize = 11;
 pub struct StripeRecord {
     /// Data chunks.
     pub k: usize,
-    /// How many times the stripe was rewritten (by a rebuild): chunk files
-    /// carry it, so a rewrite never overwrites a chunk.
+    /// How many times the stripe was rewritten (by a rebuild): chunks carry
+    /// it, so a rewrite never overwrites a chunk.
     pub gen: u16,
     /// Bytes per chunk.
     pub chunk_len: usize,
@@ -81,46 +85,60 @@ pub struct StripeRecord {
     pub data_len: usize,
     /// The drive of each chunk, data chunks first.
     pub drives: Vec<usize>,
+    /// The place of each chunk on its drive, in the same order.
+    pub places: Vec<u64>,
 }
 
 impl StripeRecord {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + 2 * self.drives.len());
+    /// The record's bytes in the catalog.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_HEADER + 10 * self.drives.len());
         out.push(self.k as u8);
         out.extend_from_slice(&self.gen.to_le_bytes());
         out.extend_from_slice(&(self.chunk_len as u32).to_le_bytes());
         out.extend_from_slice(&(self.data_len as u32).to_le_bytes());
-        for &d in &self.drives {
-            out.extend_from_slice(&(d as u16).to_le_bytes());
+        for (&drive, &place) in self.drives.iter().zip(&self.places) {
+            out.extend_from_slice(&(drive as u16).to_le_bytes());
+            out.extend_from_slice(&place.to_le_bytes());
         }
         out
     }
 
-    fn decode(bytes: &[u8]) -> anyhow::Result<StripeRecord> {
+    /// Decodes a record (either layout); any bytes give a record that
+    /// lists k + 2 chunks, or an error.
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<StripeRecord> {
         anyhow::ensure!(
-            bytes.len() >= RECORD_HEADER && (bytes.len() - RECORD_HEADER) % 2 == 0,
+            bytes.len() >= RECORD_HEADER,
             "stripe record of {} bytes",
             bytes.len()
         );
+        let k = usize::from(bytes[0]);
+        let n = k + strata_common::erasure::PARITY_CHUNKS;
+        let body = &bytes[RECORD_HEADER..];
+        let per_chunk = match body.len() {
+            len if k > 0 && len == 10 * n => 10,
+            len if k > 0 && len == 2 * n => 2,
+            len => anyhow::bail!("stripe record with {len} bytes of chunks for k={k}"),
+        };
         let u32_at = |at: usize| {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
         };
-        let drives: Vec<usize> = bytes[RECORD_HEADER..]
-            .chunks_exact(2)
-            .map(|d| usize::from(u16::from_le_bytes([d[0], d[1]])))
-            .collect();
-        let k = usize::from(bytes[0]);
-        anyhow::ensure!(
-            k > 0 && drives.len() == k + strata_common::erasure::PARITY_CHUNKS,
-            "stripe record lists {} drives for k={k}",
-            drives.len()
-        );
+        let (drives, places) = body
+            .chunks_exact(per_chunk)
+            .map(|c| {
+                let drive = usize::from(u16::from_le_bytes([c[0], c[1]]));
+                let mut place = [0u8; 8];
+                place[..per_chunk - 2].copy_from_slice(&c[2..]);
+                (drive, u64::from_le_bytes(place))
+            })
+            .unzip();
         Ok(StripeRecord {
             k,
             gen: u16::from_le_bytes([bytes[1], bytes[2]]),
             chunk_len: u32_at(3),
             data_len: u32_at(7),
             drives,
+            places,
         })
     }
 }
@@ -394,6 +412,7 @@ mod tests {
             chunk_len: 1 << 20,
             data_len: 4_000_000,
             drives: vec![2, 3, 4, 5, 0, 1],
+            places: vec![0, 0, 1 << 20, 0, 0, u64::MAX - 4095],
         };
         let a = Fingerprint::from_bytes([1; 32]);
         let b = Fingerprint::from_bytes([2; 32]);
@@ -452,11 +471,56 @@ mod tests {
             chunk_len: 2 << 20,
             data_len: 4_000_000,
             drives: vec![0, 1, 2, 3],
+            places: vec![0; 4],
         };
         catalog.replace_stripe(1, &rebuilt).unwrap();
         let all = catalog.stripes().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0], (1, rebuilt));
+    }
+
+    #[test]
+    fn stripe_records_decode_in_both_layouts_and_refuse_bad_lengths() {
+        let record = StripeRecord {
+            k: 2,
+            gen: 7,
+            chunk_len: 4096,
+            data_len: 8000,
+            drives: vec![5, 0, 1, 2],
+            places: vec![1 << 20, 0, 3 << 20, 0x0102_0304_0506_0708],
+        };
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), RECORD_HEADER + 40);
+        assert_eq!(StripeRecord::decode(&bytes).unwrap(), record);
+        // The layout before device drives: drives only, places 0.
+        let mut old = bytes[..RECORD_HEADER].to_vec();
+        for d in [5u16, 0, 1, 2] {
+            old.extend_from_slice(&d.to_le_bytes());
+        }
+        let decoded = StripeRecord::decode(&old).unwrap();
+        assert_eq!(decoded.drives, record.drives);
+        assert_eq!(decoded.places, vec![0; 4]);
+        // Any other length of chunk list, or k = 0, is refused.
+        for cut in 0..bytes.len() {
+            if cut != old.len() {
+                assert!(StripeRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        let mut no_data = bytes.clone();
+        no_data[0] = 0;
+        assert!(StripeRecord::decode(&no_data).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes the stripes table holds, decoding gives a record
+        /// with k + 2 drives and places, or an error; never a panic.
+        #[test]
+        fn arbitrary_record_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            if let Ok(record) = StripeRecord::decode(&bytes) {
+                proptest::prop_assert_eq!(record.drives.len(), record.k + 2);
+                proptest::prop_assert_eq!(record.places.len(), record.k + 2);
+            }
+        }
     }
 
     #[test]

@@ -28,8 +28,10 @@ struct Args {
     /// suffixes); appends beyond wait for truncation.
     #[arg(long, default_value = "1G", value_parser = parse_bytes)]
     nvlog_quota: u64,
-    /// A drive directory of the pool (repeat for each drive; at least 3).
-    /// Without any, six directories under the data directory.
+    /// A drive of the pool: a directory, or a block device (a blank one is
+    /// labelled; one holding other data is refused). Repeat for each drive,
+    /// in the same order every time; at least 3. Without any, six
+    /// directories under the data directory.
     #[arg(long = "drive")]
     drives: Vec<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax); STRATA_LOG also works.

@@ -300,40 +300,54 @@ impl Nvlog {
     ) -> Result<(), NvlogError> {
         let mut open: Option<(u64, File)> = None;
         for place in self.records.iter().filter(|r| r.seq >= from_seq) {
-            let path = self.segment_path(place.segment);
             if open.as_ref().is_none_or(|(s, _)| *s != place.segment) {
-                let f = File::open(&path).map_err(io_err(&path, "cannot open for replay"))?;
-                open = Some((place.segment, f));
+                open = Some((place.segment, self.open_segment(place.segment)?));
             }
             let Some((_, file)) = open.as_ref() else {
                 continue;
             };
-            let mut bytes = vec![0u8; HEADER_LEN + place.len as usize];
-            file.read_exact_at(&mut bytes, place.offset)
-                .map_err(io_err(&path, "cannot read a record"))?;
-            match parse_record(&bytes) {
-                Ok((seq, _)) if seq == place.seq => {}
-                Ok(_) => {
-                    return Err(NvlogError::Corrupt {
-                        path,
-                        offset: place.offset,
-                        reason: "sequence number changed on disk",
-                    })
-                }
-                Err(reason) => {
-                    return Err(NvlogError::Corrupt {
-                        path,
-                        offset: place.offset,
-                        reason,
-                    })
-                }
-            }
-            bytes.drain(..HEADER_LEN);
-            if !each(place.seq, bytes) {
+            if !each(place.seq, self.read_place(file, place)?) {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// The payload of record `seq`, read back from disk and checked;
+    /// `None` when the log does not hold it (truncated or not appended).
+    pub fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, NvlogError> {
+        let Ok(at) = self.records.binary_search_by_key(&seq, |r| r.seq) else {
+            return Ok(None);
+        };
+        let place = &self.records[at];
+        let file = self.open_segment(place.segment)?;
+        self.read_place(&file, place).map(Some)
+    }
+
+    fn open_segment(&self, first: u64) -> Result<File, NvlogError> {
+        let path = self.segment_path(first);
+        File::open(&path).map_err(io_err(&path, "cannot open for reading"))
+    }
+
+    /// Reads the record at `place` from its segment `file` and returns its
+    /// payload once the header and checksum are right.
+    fn read_place(&self, file: &File, place: &RecordPlace) -> Result<Vec<u8>, NvlogError> {
+        let path = self.segment_path(place.segment);
+        let mut bytes = vec![0u8; HEADER_LEN + place.len as usize];
+        file.read_exact_at(&mut bytes, place.offset)
+            .map_err(io_err(&path, "cannot read a record"))?;
+        let corrupt = |reason| NvlogError::Corrupt {
+            path: path.clone(),
+            offset: place.offset,
+            reason,
+        };
+        match parse_record(&bytes) {
+            Ok((seq, _)) if seq == place.seq => {}
+            Ok(_) => return Err(corrupt("sequence number changed on disk")),
+            Err(reason) => return Err(corrupt(reason)),
+        }
+        bytes.drain(..HEADER_LEN);
+        Ok(bytes)
     }
 
     /// The last sequence number appended (or truncated), 0 for a new log.
@@ -506,6 +520,28 @@ mod tests {
         assert_eq!(rest.first().map(|r| r.0), Some(61));
         assert_eq!(rest.len(), 40);
         assert_eq!(collect(&log, 90).len(), 11);
+        // One record at a time: held ones read back, others are absent.
+        for seq in [61, 77, 100] {
+            assert_eq!(log.read(seq).expect("read"), Some(payload(seq)));
+        }
+        for seq in [0, 1, 60, 101, u64::MAX] {
+            assert_eq!(log.read(seq).expect("read"), None, "record {seq}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_reads_as_an_error_not_as_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Nvlog::open(dir.path()).expect("open");
+        log.append_batch(&[(1, b"first record"), (2, b"second record")])
+            .expect("append");
+        let seg = dir.path().join(format!("{:020}.log", 1));
+        let mut bytes = fs::read(&seg).expect("read");
+        let second = bytes.len() - 3;
+        bytes[second] ^= 0x01;
+        fs::write(&seg, &bytes).expect("write");
+        assert_eq!(log.read(1).expect("first"), Some(b"first record".to_vec()));
+        assert!(matches!(log.read(2), Err(NvlogError::Corrupt { .. })));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! process tests): start it, learn the address it listens on, kill it with
 //! SIGKILL, start it again on the same address and data.
 
+use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ pub struct PoolCommand {
     pub data_dir: PathBuf,
     /// `--nvlog-quota` (such as `64M`).
     pub nvlog_quota: String,
+    /// `--drive`, each (empty: the six default directory drives).
+    pub drives: Vec<PathBuf>,
     /// Where its stdout and stderr go (appended).
     pub log: PathBuf,
     /// How long it may take to listen.
@@ -127,6 +130,12 @@ fn launch(command: &PoolCommand, listen: &str) -> anyhow::Result<(Child, SocketA
         .arg("--cluster-dir")
         .arg(&command.cluster_dir)
         .args(["--nvlog-quota", &command.nvlog_quota])
+        .args(
+            command
+                .drives
+                .iter()
+                .flat_map(|d| [OsStr::new("--drive"), d.as_os_str()]),
+        )
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)

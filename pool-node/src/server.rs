@@ -79,6 +79,10 @@ enum LogOp {
         from_seq: u64,
         out: mpsc::Sender<Response>,
     },
+    Read {
+        seq: u64,
+        done: oneshot::Sender<Response>,
+    },
     Status {
         done: oneshot::Sender<Response>,
     },
@@ -283,6 +287,21 @@ fn run_writer(
                     Err(e) => storage_error(&e),
                 };
                 let _ = out.blocking_send(last);
+            }
+            LogOp::Read { seq, done } => {
+                let response = match log.read(seq) {
+                    Ok(Some(payload)) => Response::Record { seq, payload },
+                    Ok(None) => Response::Error {
+                        code: code::NOT_FOUND,
+                        message: format!(
+                            "the NVLOG does not hold record {seq} (truncated through {}, last {})",
+                            log.truncated_through(),
+                            log.last_seq()
+                        ),
+                    },
+                    Err(e) => storage_error(&e),
+                };
+                let _ = done.send(response);
             }
             LogOp::Status { done } => {
                 let quota = host.upgrade().map_or(0, |h| h.quota);
@@ -707,6 +726,7 @@ async fn handle(
             done: tx,
         },
         Request::Status => LogOp::Status { done: tx },
+        Request::ReadRecord { seq } => LogOp::Read { seq, done: tx },
         Request::Replay { from_seq } => {
             let (out, records) = mpsc::channel(64);
             return match log.send(LogOp::Replay { from_seq, out }) {

@@ -30,7 +30,7 @@ use strata_common::fingerprint::Fingerprint;
 use strata_common::wire::{StripeEntry, MAX_ENTRY_LEN};
 
 use crate::catalog::{Catalog, FrameLocation, StripeRecord};
-use crate::drives::{ChunkError, ChunkId, Drives};
+use crate::drives::{ChunkError, ChunkId, ChunkSlot, Drives};
 
 /// Why a stripe was refused or a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,14 @@ impl StripeStore {
         );
         let drives = Drives::open(drive_paths)?;
         let catalog = Catalog::open(data_dir)?;
+        // Device drives learn which of their extents hold chunks.
+        for (id, record) in catalog.stripes()? {
+            for slot in chunk_slots(id, &record) {
+                drives
+                    .reserve(&slot)
+                    .with_context(|| format!("chunk {} of stripe {id}", slot.chunk.index))?;
+            }
+        }
         let next_id = catalog.next_stripe_id()?;
         let failed = catalog.failed_drives(drives.len())?;
         Ok(StripeStore {
@@ -124,13 +132,27 @@ impl StripeStore {
             .min(MAX_DATA_CHUNKS)
     }
 
-    /// Marks `drive` failed or back in service.
+    /// Marks `drive` failed or back in service. A failed drive that comes
+    /// back (a replaced disk) is opened again first: a blank device is
+    /// formatted, a missing directory created.
     pub fn set_drive(&self, drive: usize, failed: bool) -> Result<DriveReport, StripeError> {
         if drive >= self.drives.len() {
             return Err(StripeError::Bad(format!(
                 "no drive {drive}: the pool has drives 0 to {}",
                 self.drives.len() - 1
             )));
+        }
+        if !failed && self.failed()[drive] {
+            let in_use: Vec<ChunkSlot> = self
+                .catalog
+                .stripes()?
+                .iter()
+                .flat_map(|(id, record)| chunk_slots(*id, record))
+                .filter(|slot| slot.drive == drive)
+                .collect();
+            self.drives
+                .reopen(drive, &in_use)
+                .with_context(|| format!("drive {drive} cannot return to service"))?;
         }
         self.catalog.set_drive(drive, failed)?;
         self.failed.write().unwrap_or_else(|p| p.into_inner())[drive] = failed;
@@ -207,17 +229,22 @@ impl StripeStore {
             *next += 1;
             id
         };
+        let drives = self.layout(id, k);
+        let places = self.write_chunks(id, 0, &drives, chunks)?;
         let record = StripeRecord {
             k,
             gen: 0,
             chunk_len,
             data_len,
-            drives: self.layout(id, k),
+            drives,
+            places,
         };
-        self.write_chunks(id, &record, chunks)?;
-        self.catalog
-            .add_stripe(id, &record, entries)
-            .with_context(|| format!("recording stripe {id}"))?;
+        if let Err(e) = self.catalog.add_stripe(id, &record, entries) {
+            self.remove_chunks(id, &record);
+            return Err(StripeError::Storage(
+                e.context(format!("recording stripe {id}")),
+            ));
+        }
         tracing::debug!(
             stripe = id,
             k,
@@ -238,30 +265,69 @@ impl StripeStore {
             .collect()
     }
 
-    /// Writes a stripe's chunks to the drives its record names, in parallel.
+    /// Writes generation `gen` of stripe `id`'s chunks to `drives`, in
+    /// parallel; returns their places. If any write fails, the chunks
+    /// written are deleted again.
     fn write_chunks(
         &self,
         id: u64,
-        record: &StripeRecord,
+        gen: u16,
+        drives: &[usize],
         chunks: &[Vec<u8>],
-    ) -> anyhow::Result<()> {
-        std::thread::scope(|scope| {
+    ) -> anyhow::Result<Vec<u64>> {
+        let results: Vec<anyhow::Result<u64>> = std::thread::scope(|scope| {
             let writes: Vec<_> = chunks
                 .iter()
-                .zip(&record.drives)
+                .zip(drives)
                 .enumerate()
                 .map(|(index, (chunk, &drive))| {
-                    let chunk_id = chunk_id(id, record, index);
+                    let chunk_id = ChunkId {
+                        stripe: id,
+                        gen,
+                        index,
+                    };
                     scope.spawn(move || self.drives.write_chunk(drive, chunk_id, chunk))
                 })
                 .collect();
-            writes.into_iter().try_for_each(|w| {
-                w.join()
-                    .map_err(|_| anyhow::anyhow!("a chunk writer panicked"))?
-                    .map_err(anyhow::Error::from)
-            })
-        })
-        .with_context(|| format!("writing stripe {id}"))
+            writes
+                .into_iter()
+                .map(|w| match w.join() {
+                    Ok(written) => written.map_err(anyhow::Error::from),
+                    Err(_) => Err(anyhow::anyhow!("a chunk writer panicked")),
+                })
+                .collect()
+        });
+        if results.iter().all(Result::is_ok) {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let mut first_error = None;
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(place) => self.drives.remove_chunk(&ChunkSlot {
+                    drive: drives[index],
+                    chunk: ChunkId {
+                        stripe: id,
+                        gen,
+                        index,
+                    },
+                    place,
+                    len: chunks[index].len(),
+                }),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let error = first_error.unwrap_or_else(|| anyhow::anyhow!("a chunk write failed"));
+        Err(error.context(format!("writing stripe {id}")))
+    }
+
+    /// Deletes the chunks of `record` (no longer, or never, in the
+    /// catalog).
+    fn remove_chunks(&self, id: u64, record: &StripeRecord) {
+        for slot in chunk_slots(id, record) {
+            self.drives.remove_chunk(&slot);
+        }
     }
 
     /// The bytes of each of `fingerprints` (empty where the pool lacks one).
@@ -307,10 +373,8 @@ impl StripeStore {
         let failed = self.failed();
         let mut rebuilt = 0;
         for (id, record) in self.catalog.stripes()? {
-            let degraded = record.drives.iter().enumerate().any(|(index, &drive)| {
-                is_failed(&failed, drive)
-                    || !self.drives.has_chunk(drive, chunk_id(id, &record, index))
-            });
+            let degraded = chunk_slots(id, &record)
+                .any(|slot| is_failed(&failed, slot.drive) || !self.drives.has_chunk(&slot));
             if !degraded {
                 continue;
             }
@@ -318,24 +382,27 @@ impl StripeStore {
             let mut data = chunks[..record.k].concat();
             data.truncate(record.data_len);
             let k = record.k.min(k_max);
-            let new = StripeRecord {
-                k,
-                gen: record.gen.wrapping_add(1),
-                chunk_len: erasure::chunk_len(data.len(), k),
-                data_len: record.data_len,
-                drives: self.layout(id, k),
-            };
             let encoded = erasure::encode(&data, k).map_err(|e| {
                 StripeError::Storage(anyhow::anyhow!("re-encoding stripe {id}: {e}"))
             })?;
-            self.write_chunks(id, &new, &encoded)?;
-            self.catalog
-                .replace_stripe(id, &new)
-                .with_context(|| format!("recording rebuilt stripe {id}"))?;
-            for (index, &drive) in record.drives.iter().enumerate() {
-                self.drives
-                    .remove_chunk(drive, chunk_id(id, &record, index));
+            let gen = record.gen.wrapping_add(1);
+            let drives = self.layout(id, k);
+            let places = self.write_chunks(id, gen, &drives, &encoded)?;
+            let new = StripeRecord {
+                k,
+                gen,
+                chunk_len: erasure::chunk_len(data.len(), k),
+                data_len: record.data_len,
+                drives,
+                places,
+            };
+            if let Err(e) = self.catalog.replace_stripe(id, &new) {
+                self.remove_chunks(id, &new);
+                return Err(StripeError::Storage(
+                    e.context(format!("recording rebuilt stripe {id}")),
+                ));
             }
+            self.remove_chunks(id, &record);
             tracing::info!(stripe = id, k_was = record.k, k, "stripe rebuilt");
             rebuilt += 1;
         }
@@ -347,13 +414,23 @@ fn is_failed(failed: &[bool], drive: usize) -> bool {
     failed.get(drive).is_none_or(|&f| f)
 }
 
-/// Chunk `index` of stripe `id` as `record` has it now.
-fn chunk_id(id: u64, record: &StripeRecord, index: usize) -> ChunkId {
-    ChunkId {
-        stripe: id,
-        gen: record.gen,
-        index,
+/// Chunk `index` of stripe `id` as `record` has it now, and where.
+fn chunk_slot(id: u64, record: &StripeRecord, index: usize) -> ChunkSlot {
+    ChunkSlot {
+        drive: record.drives[index],
+        chunk: ChunkId {
+            stripe: id,
+            gen: record.gen,
+            index,
+        },
+        place: record.places[index],
+        len: record.chunk_len,
     }
+}
+
+/// Every chunk of stripe `id` as `record` has it now.
+fn chunk_slots(id: u64, record: &StripeRecord) -> impl Iterator<Item = ChunkSlot> + '_ {
+    (0..record.drives.len()).map(move |index| chunk_slot(id, record, index))
 }
 
 /// Reads chunk `index` of stripe `id`; a chunk on a failed drive counts
@@ -365,15 +442,17 @@ fn read_chunk(
     record: &StripeRecord,
     index: usize,
 ) -> Result<Vec<u8>, ChunkError> {
-    let drive = record.drives[index];
-    let chunk = chunk_id(id, record, index);
-    let result = if is_failed(failed, drive) {
-        Err(ChunkError::Missing { drive, chunk })
+    let slot = chunk_slot(id, record, index);
+    let result = if is_failed(failed, slot.drive) {
+        Err(ChunkError::Missing {
+            drive: slot.drive,
+            chunk: slot.chunk,
+        })
     } else {
-        drives.read_chunk(drive, chunk, record.chunk_len)
+        drives.read_chunk(&slot)
     };
     if let Err(e) = &result {
-        tracing::warn!(stripe = id, index, drive, error = %e, "unusable chunk: restoring it from the others");
+        tracing::warn!(stripe = id, index, drive = slot.drive, error = %e, "unusable chunk: restoring it from the others");
     }
     result
 }
@@ -624,5 +703,99 @@ mod tests {
             }
         }
         assert_eq!(per_drive, [40; 6]);
+    }
+
+    /// Six blank 16 MiB files standing in for block devices.
+    fn device_paths(dir: &Path) -> Vec<PathBuf> {
+        (0..6)
+            .map(|i| {
+                let path = dir.join(format!("dev{i}"));
+                std::fs::File::create(&path)
+                    .and_then(|f| f.set_len(16 << 20))
+                    .unwrap();
+                path
+            })
+            .collect()
+    }
+
+    /// Zeroes everything after the label area of a device: a drive that
+    /// lost its data.
+    fn wipe_chunks(path: &Path) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; 15 << 20], 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn device_drives_hold_stripes_across_reopens_losses_and_a_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("pool");
+        let paths = device_paths(dir.path());
+        let all = frames(90);
+        {
+            let store = StripeStore::open(&data, paths.clone()).unwrap();
+            for part in all[..60].chunks(10) {
+                put(&store, part, 4);
+            }
+            check_all(&store, &all[..60]);
+        }
+        // Reopened, the drives know which extents hold chunks: new stripes
+        // never overwrite them.
+        let store = StripeStore::open(&data, paths.clone()).unwrap();
+        for part in all[60..].chunks(10) {
+            put(&store, part, 4);
+        }
+        check_all(&store, &all);
+        // Two drives lose everything: every frame still reads.
+        wipe_chunks(&paths[1]);
+        wipe_chunks(&paths[4]);
+        check_all(&store, &all);
+        // A rebuild finds the damage without the drives being marked
+        // failed, and rewrites every stripe that had a chunk there.
+        assert_eq!(store.rebuild().unwrap(), 9);
+        assert_eq!(store.rebuild().unwrap(), 0);
+        wipe_chunks(&paths[2]);
+        wipe_chunks(&paths[5]);
+        check_all(&store, &all);
+        assert_eq!(store.rebuild().unwrap(), 9);
+
+        // Drive 3 fails and is replaced by a blank disk of another size.
+        store.set_drive(3, true).unwrap();
+        assert_eq!(store.rebuild().unwrap(), 9);
+        std::fs::remove_file(&paths[3]).unwrap();
+        std::fs::File::create(&paths[3])
+            .and_then(|f| f.set_len(32 << 20))
+            .unwrap();
+        store.set_drive(3, false).unwrap();
+        assert_eq!(store.drive_report().unwrap().max_data_chunks, 4);
+        let more = frames(100);
+        put(&store, &more[90..], 4);
+        let newest = store.catalog.stripes().unwrap().last().unwrap().1.clone();
+        assert!(
+            newest.drives.contains(&3),
+            "the replaced drive takes chunks"
+        );
+        check_all(&store, &all);
+        check_all(&store, &more[90..]);
+        drop(store);
+        let store = StripeStore::open(&data, paths).unwrap();
+        check_all(&store, &more);
+    }
+
+    #[test]
+    fn a_device_that_is_not_blank_stays_out_of_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("pool");
+        let paths = device_paths(dir.path());
+        let store = StripeStore::open(&data, paths.clone()).unwrap();
+        store.set_drive(0, true).unwrap();
+        std::fs::write(&paths[0], b"someone's file system").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&paths[0])
+            .and_then(|f| f.set_len(16 << 20))
+            .unwrap();
+        let err = store.set_drive(0, false).unwrap_err();
+        assert!(format!("{err:#}").contains("not blank"), "{err:#}");
+        assert!(store.drive_report().unwrap().failed[0]);
     }
 }

@@ -145,6 +145,7 @@ fn start_pool(dir: &Path) -> Result<PoolProcess> {
         .add_host(POOL_HOST_NAME)
         .context("strata host add")?;
     let command = PoolCommand {
+        drives: Vec::new(),
         program: workspace_binary("strata-pool")?,
         cluster_dir,
         data_dir: dir.join("pool"),

@@ -49,6 +49,20 @@ pub struct Fenced {
     pub message: String,
 }
 
+/// The pool answered a request with an error (other than fencing).
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool} refused a request of host {host} (code {code}): {message}")]
+pub struct Refused {
+    /// The pool.
+    pub pool: SocketAddr,
+    /// This host's name.
+    pub host: String,
+    /// The error code ([`strata_common::wire::code`]).
+    pub code: u16,
+    /// What the pool said.
+    pub message: String,
+}
+
 /// An open connection to the pool's NVLOG for this host.
 pub struct PoolLink {
     runtime: Runtime,
@@ -244,11 +258,13 @@ impl PoolLink {
                     message,
                 }) => return Err(self.fenced(message).into()),
                 Ok(Response::Error { code, message }) => {
-                    return Err(anyhow!(
-                        "pool {} refused a request of host {} (code {code}): {message}",
-                        self.config.address,
-                        self.config.host_name
-                    ))
+                    return Err(Refused {
+                        pool: self.config.address,
+                        host: self.config.host_name.clone(),
+                        code,
+                        message,
+                    }
+                    .into())
                 }
                 Ok(response) => return Ok(response),
                 Err(e) if e.downcast_ref::<Fenced>().is_some() => return Err(e),

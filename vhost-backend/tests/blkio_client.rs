@@ -1635,20 +1635,11 @@ fn overwrite_whole_disk(
     rounds: usize,
 ) {
     let size = model.len() as u64;
-    for round in 0..rounds {
-        for batch in 0..size / (4 * MIB) {
-            let writes: Vec<(u64, Vec<u8>)> = (0..4)
-                .map(|i| ((batch * 4 + i) * MIB, rng.bytes(MIB as usize)))
-                .collect();
-            for r in q.batch(&Req::writes(&writes)) {
-                r.unwrap_or_else(|e| {
-                    panic!("round {round}: write failed: {e:?}; log:\n{}", daemon.log())
-                });
-            }
-            for (offset, data) in &writes {
-                model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
-            }
-        }
+    for _ in 0..rounds {
+        let writes: Vec<(u64, Vec<u8>)> = (0..size / MIB)
+            .map(|i| (i * MIB, rng.bytes(MIB as usize)))
+            .collect();
+        write_all(daemon, q, &writes, model);
     }
 }
 
@@ -1735,25 +1726,7 @@ fn a_corrupt_frame_on_host_flash_is_repaired_from_the_pool() {
     let last = daemon.counter("nvlog_last_record");
     daemon.wait_for_counter("nvlog_destaged_through", last, BACKGROUND_TIMEOUT);
     daemon.wait_for_counter("segments_written", 1, BACKGROUND_TIMEOUT);
-    // The first segment slot starts after the superblock MiB and the
-    // journal; its frames start one page in.
-    let status = daemon.status();
-    let journal = status["flash"]["journal_total"]
-        .as_u64()
-        .expect("journal_total");
-    let first_frames = MIB + journal + 4096;
-    let flash = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(daemon.flash_path())
-        .expect("opening the flash");
-    let mut bytes = vec![0u8; 256 * 1024];
-    std::os::unix::fs::FileExt::read_exact_at(&flash, &mut bytes, first_frames).expect("read");
-    for b in bytes.iter_mut().step_by(512) {
-        *b ^= 0x5a;
-    }
-    std::os::unix::fs::FileExt::write_all_at(&flash, &bytes, first_frames).expect("write");
-    flash.sync_all().expect("sync");
+    damage_segment_slot(&daemon, 0);
 
     let mut client = Client::open(&daemon, 1);
     client
@@ -1769,6 +1742,110 @@ fn a_corrupt_frame_on_host_flash_is_repaired_from_the_pool() {
         bad,
         "a repaired frame read bad again"
     );
+}
+
+/// Flips bytes of the first 256 KiB of frames in segment slot `slot` of
+/// `daemon`'s flash, every 512th byte (a few dozen frames).
+fn damage_segment_slot(daemon: &Daemon, slot: u64) {
+    // Segment slots start after the superblock MiB and the journal; a
+    // slot's frames start one page in.
+    let status = daemon.status();
+    let field = |name: &str| {
+        status["flash"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no flash.{name} in the status: {status}"))
+    };
+    let frames = MIB + field("journal_total") + slot * field("segment_size") + 4096;
+    let flash = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(daemon.flash_path())
+        .expect("opening the flash");
+    let mut bytes = vec![0u8; 256 * 1024];
+    std::os::unix::fs::FileExt::read_exact_at(&flash, &mut bytes, frames).expect("read");
+    for b in bytes.iter_mut().step_by(512) {
+        *b ^= 0x5a;
+    }
+    std::os::unix::fs::FileExt::write_all_at(&flash, &bytes, frames).expect("write");
+    flash.sync_all().expect("sync");
+}
+
+#[test]
+fn a_corrupt_frame_not_yet_destaged_is_repaired_from_the_nvlog() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // With an hour between destages, a round starts only once the NVLOG
+    // holds a quarter of its 64 MiB quota: the first 8 MiB written live
+    // on the host's flash and in the NVLOG, not in the stripes. Damage to
+    // them on flash is repaired from the NVLOG records that logged them:
+    // when a read meets it, and when the destage that comes later meets it
+    // before sending (a damaged frame must never reach the stripes, and
+    // without a repair every round would fail and the log would fill up).
+    let size = 32 * MIB;
+    let mut daemon = Daemon::start_with_args(
+        VdiskOptions::new(size).writethrough(),
+        &["--destage-interval", "3600"],
+    );
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0x1095);
+    let mut client = Client::open(&daemon, 1);
+    let first: Vec<(u64, Vec<u8>)> = (0..8).map(|i| (i * MIB, rng.bytes(MIB as usize))).collect();
+    write_all(&daemon, client.q(), &first, &mut model);
+    daemon.wait_for_counter("segments_written", 2, BACKGROUND_TIMEOUT);
+    assert_eq!(
+        daemon.counter("nvlog_destaged_through"),
+        0,
+        "a destage ran: the damage would not be to frames only the NVLOG holds"
+    );
+
+    // A read meets damaged frames.
+    damage_segment_slot(&daemon, 0);
+    client
+        .q()
+        .check(&model, 0, 8 * MIB, "reads over damaged flash");
+    let repaired_by_reads = daemon.counter("frames_repaired");
+    assert!(repaired_by_reads > 0, "no frame was repaired");
+    assert_eq!(daemon.counter("bad_frames"), repaired_by_reads);
+    assert_eq!(
+        daemon.counter("frames_fetched"),
+        0,
+        "nothing came from the stripes"
+    );
+
+    // A destage meets damaged frames no read touched.
+    damage_segment_slot(&daemon, 1);
+    let rest: Vec<(u64, Vec<u8>)> = (8..size / MIB)
+        .map(|i| (i * MIB, rng.bytes(MIB as usize)))
+        .collect();
+    write_all(&daemon, client.q(), &rest, &mut model);
+    drop(client);
+    let last = daemon.counter("nvlog_last_record");
+    daemon.wait_for_counter("nvlog_destaged_through", last, BACKGROUND_TIMEOUT);
+    let repaired = daemon.counter("frames_repaired");
+    assert!(
+        repaired > repaired_by_reads,
+        "the destage repaired nothing ({repaired} repairs in all)"
+    );
+    assert_eq!(daemon.counter("bad_frames"), repaired);
+
+    // What reached the stripes is right: a host with an empty flash reads
+    // every byte from them.
+    daemon.kill_and_restart_on_empty_flash();
+    check_after_crash(&daemon, &model, &[]);
+}
+
+/// Writes `writes` through `q`, four at a time, into `model`; a failed
+/// write panics with `daemon`'s log.
+fn write_all(daemon: &Daemon, q: &mut Queue, writes: &[(u64, Vec<u8>)], model: &mut [u8]) {
+    for batch in writes.chunks(4) {
+        for (r, (offset, _)) in q.batch(&Req::writes(batch)).into_iter().zip(batch) {
+            r.unwrap_or_else(|e| panic!("write at {offset}: {e:?}; log:\n{}", daemon.log()));
+        }
+        for (offset, data) in batch {
+            model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+        }
+    }
 }
 
 #[test]

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use strata_common::erasure;
 use strata_common::fingerprint::Fingerprint;
+use strata_common::frame::BLOCK_SIZE;
 use strata_common::ondisk::Checkpoint;
 use strata_common::wire::{Request, Response, StripeEntry, MAX_FINGERPRINTS};
 
@@ -184,13 +185,19 @@ impl Destager {
             for (fp, bytes) in read_segment_entries(core, group)? {
                 // The pool keeps the first copy of a fingerprint it gets,
                 // and the NVLOG is truncated after: a damaged copy must
-                // never be sent. The round fails; the log keeps the data.
-                if !entry_is_sound(shared, &fp, &bytes) {
+                // never be sent. A damaged frame is repaired from its
+                // NVLOG record; anything else fails the round, and the log
+                // keeps the data.
+                let bytes = if entry_is_sound(shared, &fp, &bytes) {
+                    bytes
+                } else {
                     core.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    return Err(StoreError::Pool(format!(
-                        "destage: entry {fp} fails verification on flash; not sent, NVLOG kept"
-                    )));
-                }
+                    repair_frame(core, &fp)?.ok_or_else(|| {
+                        StoreError::Pool(format!(
+                            "destage: entry {fp} fails verification on flash and the pool has no copy; not sent, NVLOG kept"
+                        ))
+                    })?
+                };
                 if packer.data.len() + bytes.len() > STRIPE_DATA {
                     self.send_stripe(core, &mut packer, &mut report)?;
                 }
@@ -218,6 +225,9 @@ impl Destager {
             }
             core.counters.destages.fetch_add(1, Ordering::Relaxed);
             core.nvlog_destaged.store(through_seq, Ordering::Release);
+            if let Some(reads) = &core.pool_reads {
+                reads.logged.forget_through(through_seq);
+            }
         }
         core.destaged_through_segment
             .store(next_cut, Ordering::Release);
@@ -336,6 +346,17 @@ fn read_segment_entries(
 fn entry_is_sound(shared: &Shared, fingerprint: &Fingerprint, bytes: &[u8]) -> bool {
     strata_common::frame::verify_checksum(bytes).is_ok_and(|h| h.fingerprint == *fingerprint)
         || shared.node_ids.id_of(bytes) == *fingerprint
+}
+
+/// A good copy of frame `fingerprint`, damaged on flash, from the pool
+/// (its NVLOG record, as destage only sends what the stripes lack), stored
+/// again on flash; `None` if the pool has none.
+fn repair_frame(core: &Core, fingerprint: &Fingerprint) -> Result<Option<Vec<u8>>, StoreError> {
+    let check = |good: &[u8]| {
+        let mut block = [0u8; BLOCK_SIZE];
+        core.codec.decode(good, fingerprint, &mut block).is_ok()
+    };
+    core.repair_from_pool(fingerprint, &check)
 }
 
 fn unexpected(what: &str, response: &Response) -> StoreError {

@@ -1,7 +1,8 @@
-//! Reads from the pool's stripes into the flash: the flash of a host on a
-//! pool is a cache, so a frame or map node it lacks (a fresh host, an
-//! evicted entry) or holds damaged is fetched from the pool, checked, and
-//! stored again.
+//! Reads from the pool into the flash: the flash of a host on a pool is a
+//! cache, so a frame or map node it lacks (a fresh host, an evicted entry)
+//! or holds damaged is fetched from the pool's stripes, checked, and stored
+//! again. A damaged frame the stripes do not hold yet (written since the
+//! last destage) is read back from the NVLOG record that logged it.
 //!
 //! Data reads fetch a region at a time: the whole leaf of the map (256
 //! blocks, 1 MiB of the vdisk) around a missing block, in one request, so
@@ -13,18 +14,22 @@ use std::time::{Duration, Instant};
 
 use strata_common::fingerprint::Fingerprint;
 use strata_common::ondisk::EntryKind;
-use strata_common::wire::{Request, Response, MAX_FRAMES};
+use strata_common::wire::{code, Request, Response, MAX_FRAMES};
 
 use super::core::Core;
+use super::nvlog_frames::{frame_in_batch, NvlogFrames};
 use super::StoreError;
-use crate::pool::PoolLink;
+use crate::pool::{PoolLink, Refused};
 
 /// How long a read waits for an unreachable pool before failing.
 const FETCH_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The connection reads from the pool share.
+/// The connection reads from the pool share, and which NVLOG record holds
+/// each frame the stripes do not have yet.
 pub struct PoolReads {
     link: Mutex<PoolLink>,
+    /// Frames logged since the last destage, by record.
+    pub logged: NvlogFrames,
 }
 
 impl PoolReads {
@@ -33,7 +38,43 @@ impl PoolReads {
     pub fn new(link: PoolLink) -> PoolReads {
         PoolReads {
             link: Mutex::new(link),
+            logged: NvlogFrames::default(),
         }
+    }
+
+    /// The bytes of frame `fingerprint` from NVLOG record `seq`; `None`
+    /// when the log no longer holds the record (a destage truncated it
+    /// meanwhile) or the record lacks the frame.
+    fn get_logged(
+        &self,
+        seq: u64,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let started = Instant::now();
+        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        let request = Request::ReadRecord { seq };
+        let response = link.call(&request, &|| started.elapsed() >= FETCH_PATIENCE);
+        let payload = match response {
+            Ok(Response::Record { seq: got, payload }) if got == seq => payload,
+            Ok(other) => {
+                return Err(StoreError::Pool(format!(
+                    "pool {} answered a read of NVLOG record {seq} with {other:?}",
+                    link.address()
+                )))
+            }
+            Err(e)
+                if e.downcast_ref::<Refused>()
+                    .is_some_and(|r| r.code == code::NOT_FOUND) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(StoreError::Pool(format!(
+                    "reading NVLOG record {seq} from the pool: {e:#}"
+                )))
+            }
+        };
+        Ok(frame_in_batch(&payload, fingerprint).map(<[u8]>::to_vec))
     }
 
     /// The bytes of each of `fingerprints` (at most [`MAX_FRAMES`]), in
@@ -108,8 +149,10 @@ impl Core {
     }
 
     /// Replaces a frame that failed verification on flash with the pool's
-    /// copy, if the pool has a good one; returns the good bytes. The bad
-    /// place is left to the cleaner; the index points at the new copy.
+    /// copy, if the pool has a good one; returns the good bytes. The copy
+    /// comes from the stripes, or, for a frame written since the last
+    /// destage, from the NVLOG record that logged it. The bad place is
+    /// left to the cleaner; the index points at the new copy.
     pub fn repair_from_pool(
         &self,
         fingerprint: &Fingerprint,
@@ -118,7 +161,7 @@ impl Core {
         let Some(reads) = &self.pool_reads else {
             return Ok(None);
         };
-        let Some(Some(bytes)) = reads.get(std::slice::from_ref(fingerprint))?.pop() else {
+        let Some(bytes) = pool_copy(reads, fingerprint)? else {
             return Ok(None);
         };
         if !check(&bytes) {
@@ -132,5 +175,30 @@ impl Core {
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%fingerprint, "bad frame on flash replaced by the pool's copy");
         Ok(Some(bytes))
+    }
+}
+
+/// The pool's copy of frame `fingerprint`: from the stripes, else from the
+/// NVLOG record that logged it (if a destage truncated that record in
+/// between, the stripes have the frame by then).
+fn pool_copy(reads: &PoolReads, fingerprint: &Fingerprint) -> Result<Option<Vec<u8>>, StoreError> {
+    let from_stripes = |reads: &PoolReads| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(reads
+            .get(std::slice::from_ref(fingerprint))?
+            .pop()
+            .flatten())
+    };
+    if let Some(bytes) = from_stripes(reads)? {
+        return Ok(Some(bytes));
+    }
+    let Some(seq) = reads.logged.record_of(fingerprint) else {
+        return Ok(None);
+    };
+    match reads.get_logged(seq, fingerprint)? {
+        Some(bytes) => {
+            tracing::info!(%fingerprint, seq, "the stripes lack a bad frame: its copy comes from the NVLOG");
+            Ok(Some(bytes))
+        }
+        None => from_stripes(reads),
     }
 }

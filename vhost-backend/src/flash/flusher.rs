@@ -12,6 +12,7 @@ use strata_common::ondisk::{BatchBuilder, Checkpoint, RecordKind, VdiskRoot};
 use super::core::{Core, SlotState};
 use super::device::PageWriter;
 use super::journal::{record_image, JournalRing, CHECKPOINT_RESERVE};
+use super::nvlog_frames::frames_of_batch;
 use super::{Shared, StoreError};
 use crate::pool::PoolLink;
 
@@ -134,12 +135,16 @@ pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreErro
     if let Some(link) = writer.pool.as_mut() {
         let pool = link.address();
         let body = batch.into_body();
+        let frames = frames_of_batch(&body);
         core.counters
             .nvlog_bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
         link.append(body, &|| core.lock().stopping)
             .map_err(|e| StoreError::Pool(format!("NVLOG on pool {pool}: {e:#}")))?;
         core.counters.nvlog_records.fetch_add(1, Ordering::Relaxed);
+        if let Some(reads) = &core.pool_reads {
+            reads.logged.note(link.last_appended(), frames);
+        }
         core.nvlog_appended
             .store(link.last_appended(), Ordering::Release);
         core.publish_durable(last_seq);

@@ -19,6 +19,7 @@ mod device;
 mod fetch;
 mod flusher;
 mod journal;
+mod nvlog_frames;
 mod recovery;
 mod segment;
 mod vdisk;

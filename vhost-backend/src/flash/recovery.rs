@@ -170,14 +170,19 @@ pub fn refill_from_pool(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<
     let referenced = wanted.len();
     link.replay(from_seq, |seq, payload| {
         let items = decode_batch(payload).with_context(|| format!("NVLOG record {seq}"))?;
+        let mut logged = Vec::new();
         for item in items {
             if let BatchItem::Frame(frame) = item {
                 let header = verify_checksum(frame)
                     .with_context(|| format!("NVLOG record {seq}: a damaged frame"))?;
+                logged.push(header.fingerprint);
                 if wanted.remove(&header.fingerprint) {
                     store_frame(shared, header.fingerprint, frame)?;
                 }
             }
+        }
+        if let Some(reads) = &core.pool_reads {
+            reads.logged.note(seq, logged);
         }
         if core.lock().unwritten.len() >= MAX_UNWRITTEN_SEGMENTS {
             let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());

@@ -299,7 +299,13 @@ impl Daemon {
         let pool = on_pool.then(|| PoolNode::start(dir.path()));
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if let Some(pool) = &pool {
-            args.extend(pool.host_args());
+            // Destage every second, so the tests exercise the pool's
+            // stripes, unless the test sets an interval of its own.
+            let destage_secs = take_flag(&mut args, "--destage-interval").map_or(1, |secs| {
+                secs.parse()
+                    .expect("--destage-interval needs a number of seconds")
+            });
+            args.extend(pool.host_args(destage_secs));
         }
         if target == Target::StrataHost && kind == Kind::Strata {
             preset_strata_vdisks(&vdisks, dir.path(), &args);
@@ -729,6 +735,14 @@ fn qsd_command(vdisks: &[Vdisk]) -> Command {
         command.arg("--export").arg(export);
     }
     command
+}
+
+/// Removes `flag` and its value from `args`; returns the value.
+fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
+    let at = args.iter().position(|a| a == flag)?;
+    let value = args.get(at + 1).cloned();
+    args.drain(at..(at + 2).min(args.len()));
+    value
 }
 
 /// Runs strata-host with `args` (whatever the [`Target`]: this is for its

@@ -47,6 +47,7 @@ impl PoolNode {
         cluster.add_host(HOST_NAME).expect("strata host add");
         let data_dir = dir.join("pool");
         let command = PoolCommand {
+            drives: Vec::new(),
             program: workspace_binary("strata-pool").expect("the strata-pool binary"),
             cluster_dir: cluster_dir.clone(),
             data_dir: data_dir.clone(),
@@ -64,10 +65,10 @@ impl PoolNode {
         }
     }
 
-    /// strata-host's flags for using this pool; it destages every second,
-    /// so the tests exercise the pool's stripes.
-    pub fn host_args(&self) -> Vec<String> {
-        self.process.host_args(HOST_NAME, 1)
+    /// strata-host's flags for using this pool, destaging every
+    /// `destage_secs` seconds.
+    pub fn host_args(&self, destage_secs: u64) -> Vec<String> {
+        self.process.host_args(HOST_NAME, destage_secs)
     }
 
     /// Runs `strata ARGS --pool ADDR` as the cluster's administrator and

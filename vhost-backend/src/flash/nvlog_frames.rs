@@ -1,0 +1,142 @@
+//! Which NVLOG record logged each frame that is not yet destaged.
+//!
+//! On a pool, a frame written since the last destage exists twice: on the
+//! host's flash and in the NVLOG record that logged it; the pool's stripes
+//! get it only at the next destage. When the flash copy fails verification
+//! in that window, the stripes cannot help; this index names the record to
+//! read back from the pool instead. Frames are noted when their record is
+//! appended (or replayed into a fresh flash at start) and forgotten when a
+//! destage truncates the log past that record, by which time the stripes
+//! hold them.
+//!
+//! It costs about 50 bytes of RAM per frame logged since the last destage:
+//! the NVLOG quota bounds it (a 1 GiB quota of 4 KiB writes: about 13 MiB).
+
+use std::sync::Mutex;
+
+use rustc_hash::FxHashMap;
+use strata_common::fingerprint::Fingerprint;
+use strata_common::frame::FrameHeader;
+use strata_common::ondisk::{decode_batch, BatchItem};
+
+/// Fingerprint to the sequence number of the NVLOG record that logged it.
+#[derive(Default)]
+pub struct NvlogFrames {
+    records: Mutex<FxHashMap<Fingerprint, u64>>,
+}
+
+impl NvlogFrames {
+    /// Notes that record `seq` logged the frames `fingerprints`. A frame
+    /// logged again keeps the newer record, which a truncation reaches
+    /// last.
+    pub fn note(&self, seq: u64, fingerprints: impl IntoIterator<Item = Fingerprint>) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        for fingerprint in fingerprints {
+            records.insert(fingerprint, seq);
+        }
+    }
+
+    /// Forgets the frames of records up to `seq` (truncated: the stripes
+    /// hold them now).
+    pub fn forget_through(&self, seq: u64) {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, logged| *logged > seq);
+    }
+
+    /// The record that logged `fingerprint`, if it is not truncated yet.
+    pub fn record_of(&self, fingerprint: &Fingerprint) -> Option<u64> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fingerprint)
+            .copied()
+    }
+}
+
+/// The fingerprints of the frames in batch body `body` (one this host
+/// built; a body that does not decode has none).
+pub fn frames_of_batch(body: &[u8]) -> Vec<Fingerprint> {
+    match decode_batch(body) {
+        Ok(items) => items
+            .iter()
+            .filter_map(|item| match item {
+                BatchItem::Frame(frame) => FrameHeader::parse(frame).ok(),
+                _ => None,
+            })
+            .map(|header| header.fingerprint)
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "a batch of this host does not decode");
+            Vec::new()
+        }
+    }
+}
+
+/// The bytes of the frame with `fingerprint` in batch body `body`, as the
+/// record holds them (the caller verifies them).
+pub fn frame_in_batch<'a>(body: &'a [u8], fingerprint: &Fingerprint) -> Option<&'a [u8]> {
+    decode_batch(body)
+        .ok()?
+        .into_iter()
+        .find_map(|item| match item {
+            BatchItem::Frame(frame)
+                if FrameHeader::parse(frame).is_ok_and(|h| h.fingerprint == *fingerprint) =>
+            {
+                Some(frame)
+            }
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::frame::{Encoded, FrameCodec, FrameKeys};
+    use strata_common::ondisk::BatchBuilder;
+
+    fn frame(codec: &FrameCodec, fill: u8) -> (Fingerprint, Vec<u8>) {
+        let block = [fill; 4096];
+        let mut out = Vec::new();
+        match codec.encode(&block, &mut out).expect("encoding") {
+            Encoded::Frame(fp) => (fp, out),
+            Encoded::Zero => panic!("block {fill} encodes as zero"),
+        }
+    }
+
+    #[test]
+    fn frames_are_found_in_their_batch_and_forgotten_at_truncation() {
+        let codec = FrameCodec::new(&FrameKeys {
+            data_key: [1; 32],
+            dedupe_key: [2; 32],
+        });
+        let (a, frame_a) = frame(&codec, 1);
+        let (b, frame_b) = frame(&codec, 2);
+        let (c, _) = frame(&codec, 3);
+        let mut batch = BatchBuilder::new();
+        batch.push_frame(&frame_a);
+        batch.push_set(1, 0, 0, &[a, b]);
+        batch.push_frame(&frame_b);
+        let body = batch.into_body();
+        assert_eq!(frames_of_batch(&body), vec![a, b]);
+        assert_eq!(frame_in_batch(&body, &a), Some(&frame_a[..]));
+        assert_eq!(frame_in_batch(&body, &b), Some(&frame_b[..]));
+        assert_eq!(frame_in_batch(&body, &c), None);
+        assert!(frames_of_batch(&body[..body.len() - 1]).is_empty());
+        assert_eq!(frame_in_batch(&body[..body.len() - 1], &b), None);
+
+        let logged = NvlogFrames::default();
+        logged.note(4, frames_of_batch(&body));
+        logged.note(7, [c, a]);
+        assert_eq!(logged.record_of(&a), Some(7), "the newer record wins");
+        assert_eq!(logged.record_of(&b), Some(4));
+        logged.forget_through(4);
+        assert_eq!(logged.record_of(&b), None);
+        assert_eq!(logged.record_of(&a), Some(7));
+        assert_eq!(logged.record_of(&c), Some(7));
+        logged.forget_through(7);
+        assert_eq!(logged.record_of(&a), None);
+        assert_eq!(logged.record_of(&c), None);
+    }
+}
