@@ -25,6 +25,7 @@
 //! | 13 | `Open` | epoch u64 (0: take a new lease) |
 //! | 14 | `ClaimVdisk` | name bytes (UTF-8) |
 //! | 15 | `ReadRecord` | seq u64 |
+//! | 16 | `Scrub` | — (admin only) |
 //! | 0x81 | `Appended` | seq u64 |
 //! | 0x82 | `Record` | seq u64, payload bytes |
 //! | 0x83 | `ReplayDone` | last_seq u64 |
@@ -36,10 +37,11 @@
 //! | 0x89 | `Frames` | count u32, bytes each (empty: the pool lacks it) |
 //! | 0x8a | `Committed` | through_seq u64 |
 //! | 0x8b | `Commit` | through_seq u64, state bytes |
-//! | 0x8c | `Drives` | max_data_chunks u8, degraded_stripes u64, count u32, failed u8 per drive |
+//! | 0x8c | `Drives` | max_data_chunks u8, degraded_stripes u64, count u32, state u8 per drive (0 in service, 1 failed, 2 offline) |
 //! | 0x8d | `Rebuilt` | stripes u64 |
 //! | 0x8e | `Opened` | epoch u64 |
 //! | 0x8f | `Claimed` | — |
+//! | 0x90 | `Scrubbed` | stripes u64, chunks u64, bad_chunks u64, repaired u64, unreadable u64 |
 //!
 //! Decoding is total: any byte string gives a message or a [`WireError`],
 //! never a panic, and trailing bytes are an error.
@@ -181,6 +183,10 @@ pub enum Request {
         /// The record's sequence number.
         seq: u64,
     },
+    /// Read every chunk of every stripe in full and check it; rewrite the
+    /// stripes with a damaged or missing chunk on a drive in service.
+    /// Answered by [`Response::Scrubbed`]. Administrators only.
+    Scrub,
 }
 
 /// Error codes of [`Response::Error`].
@@ -272,10 +278,11 @@ pub enum Response {
     Drives {
         /// Most data chunks a new stripe may have (drives in service − 2).
         max_data_chunks: u8,
-        /// Stripes with a chunk on a failed drive (a rebuild's work).
+        /// Stripes with a chunk on a failed or offline drive (a
+        /// rebuild's work).
         degraded_stripes: u64,
-        /// Per drive, whether it is failed.
-        failed: Vec<bool>,
+        /// Per drive, its state.
+        drives: Vec<DriveState>,
     },
     /// A rebuild finished.
     Rebuilt {
@@ -289,6 +296,19 @@ pub enum Response {
     },
     /// A [`Request::ClaimVdisk`] is durable.
     Claimed,
+    /// A scrub finished.
+    Scrubbed {
+        /// Stripes looked at.
+        stripes: u64,
+        /// Chunks read and checked (those on failed drives are not).
+        chunks: u64,
+        /// Chunks found missing or damaged.
+        bad_chunks: u64,
+        /// Stripes rewritten because of them.
+        repaired: u64,
+        /// Stripes with too few good chunks to restore.
+        unreadable: u64,
+    },
     /// The request failed.
     Error {
         /// One of [`code`].
@@ -331,6 +351,22 @@ pub enum WireError {
     /// A yes/no byte other than 0 or 1.
     #[error("flag byte {0:#04x} is neither 0 nor 1")]
     BadFlag(u8),
+    /// A drive state byte other than 0, 1 or 2.
+    #[error("drive state byte {0:#04x} is none of 0, 1, 2")]
+    BadDriveState(u8),
+}
+
+/// A drive's state, as [`Response::Drives`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveState {
+    /// Read and written.
+    InService = 0,
+    /// Marked failed by the administrator: neither read nor written.
+    Failed = 1,
+    /// Cannot be opened as the drive the pool used (gone, not mounted, a
+    /// damaged or foreign label): neither read nor written until
+    /// `strata drive replace` opens it again.
+    Offline = 2,
 }
 
 impl Request {
@@ -405,6 +441,7 @@ impl Request {
                 w.u8(15);
                 w.u64(*seq);
             }
+            Request::Scrub => w.u8(16),
         }
         w.finish()
     }
@@ -475,6 +512,7 @@ impl Request {
                 name: r.text("vdisk name", MAX_VDISK_NAME_LEN)?,
             },
             15 => Request::ReadRecord { seq: r.u64()? },
+            16 => Request::Scrub,
             kind => return Err(WireError::UnknownKind(kind)),
         };
         r.end()?;
@@ -543,17 +581,29 @@ impl Response {
             Response::Drives {
                 max_data_chunks,
                 degraded_stripes,
-                failed,
+                drives,
             } => {
                 w.u8(0x8c);
                 w.u8(*max_data_chunks);
                 w.u64(*degraded_stripes);
-                w.u32(failed.len() as u32);
-                w.0.extend(failed.iter().map(|&f| u8::from(f)));
+                w.u32(drives.len() as u32);
+                w.0.extend(drives.iter().map(|&d| d as u8));
             }
             Response::Rebuilt { stripes } => {
                 w.u8(0x8d);
                 w.u64(*stripes);
+            }
+            Response::Scrubbed {
+                stripes,
+                chunks,
+                bad_chunks,
+                repaired,
+                unreadable,
+            } => {
+                w.u8(0x90);
+                for n in [stripes, chunks, bad_chunks, repaired, unreadable] {
+                    w.u64(*n);
+                }
             }
             Response::Opened { epoch } => {
                 w.u8(0x8e);
@@ -605,16 +655,30 @@ impl Response {
                 let max_data_chunks = r.u8()?;
                 let degraded_stripes = r.u64()?;
                 let count = r.count("drive list", MAX_DRIVES, 1)?;
-                let failed = (0..count).map(|_| r.flag()).collect::<Result<_, _>>()?;
+                let drives = (0..count)
+                    .map(|_| match r.u8()? {
+                        0 => Ok(DriveState::InService),
+                        1 => Ok(DriveState::Failed),
+                        2 => Ok(DriveState::Offline),
+                        b => Err(WireError::BadDriveState(b)),
+                    })
+                    .collect::<Result<_, _>>()?;
                 Response::Drives {
                     max_data_chunks,
                     degraded_stripes,
-                    failed,
+                    drives,
                 }
             }
             0x8d => Response::Rebuilt { stripes: r.u64()? },
             0x8e => Response::Opened { epoch: r.u64()? },
             0x8f => Response::Claimed,
+            0x90 => Response::Scrubbed {
+                stripes: r.u64()?,
+                chunks: r.u64()?,
+                bad_chunks: r.u64()?,
+                repaired: r.u64()?,
+                unreadable: r.u64()?,
+            },
             0x88 => Response::StripeStored { stripe: r.u64()? },
             0x89 => {
                 let count = r.count("frame list", MAX_FRAMES, 4)?;
@@ -836,6 +900,7 @@ mod tests {
                 name: "db-é".to_string(),
             },
             Request::ReadRecord { seq: 41 },
+            Request::Scrub,
         ]
     }
 
@@ -873,11 +938,25 @@ mod tests {
             Response::Drives {
                 max_data_chunks: 2,
                 degraded_stripes: 9,
-                failed: vec![false, true, false, false, true, false],
+                drives: vec![
+                    DriveState::InService,
+                    DriveState::Failed,
+                    DriveState::InService,
+                    DriveState::Offline,
+                    DriveState::Failed,
+                    DriveState::InService,
+                ],
             },
             Response::Rebuilt { stripes: 12 },
             Response::Opened { epoch: 3 },
             Response::Claimed,
+            Response::Scrubbed {
+                stripes: 10,
+                chunks: 58,
+                bad_chunks: 3,
+                repaired: 2,
+                unreadable: 1,
+            },
         ]
     }
 
@@ -959,6 +1038,12 @@ mod tests {
         h.extend_from_slice(&1u32.to_le_bytes());
         h.push(2);
         assert_eq!(Response::decode(&h), Err(WireError::BadFlag(2)));
+        // A drive state that is none of the three.
+        let mut d = vec![0x8c, 4];
+        d.extend_from_slice(&0u64.to_le_bytes());
+        d.extend_from_slice(&1u32.to_le_bytes());
+        d.push(3);
+        assert_eq!(Response::decode(&d), Err(WireError::BadDriveState(3)));
         let mut e = vec![0x86, 1, 0];
         e.extend_from_slice(&2u32.to_le_bytes());
         e.extend_from_slice(&[0xff, 0xfe]);

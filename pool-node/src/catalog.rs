@@ -9,6 +9,8 @@
 //! | `frames` | fingerprint (32 bytes) | stripe u64, offset u32, len u32 |
 //! | `commits` | host name | through_seq u64, state bytes |
 //! | `drives` | drive number u16 | 1 if failed |
+//! | `drive_kinds` | drive number u16 | 1 directory, 2 device (recorded when the pool first opens it) |
+//! | `meta` | `"pool_id"` | the pool's random 16-byte id, which drive labels carry |
 //! | `leases` | host name | fencing epoch u64 of the host's current lease |
 //! | `vdisks` | vdisk name | the name of the host that holds it |
 //!
@@ -28,8 +30,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use redb::{Database, ReadableTable, TableDefinition};
+use strata_common::erasure::{self, MAX_DATA_CHUNKS};
 use strata_common::fingerprint::Fingerprint;
 use strata_common::wire::StripeEntry;
+
+use crate::drives::DriveKind;
 
 const STRIPES: TableDefinition<u64, &[u8]> = TableDefinition::new("stripes");
 const FRAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("frames");
@@ -37,6 +42,9 @@ const COMMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("commits");
 const DRIVES: TableDefinition<u16, u8> = TableDefinition::new("drives");
 const LEASES: TableDefinition<&str, u64> = TableDefinition::new("leases");
 const VDISKS: TableDefinition<&str, &str> = TableDefinition::new("vdisks");
+const DRIVE_KINDS: TableDefinition<u16, u8> = TableDefinition::new("drive_kinds");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const POOL_ID: &str = "pool_id";
 
 /// Why a change to the namespace was refused.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +100,7 @@ pub struct StripeRecord {
 impl StripeRecord {
     /// The record's bytes in the catalog.
     pub fn encode(&self) -> Vec<u8> {
+        debug_assert_eq!(self.drives.len(), self.places.len());
         let mut out = Vec::with_capacity(RECORD_HEADER + 10 * self.drives.len());
         out.push(self.k as u8);
         out.extend_from_slice(&self.gen.to_le_bytes());
@@ -104,8 +113,9 @@ impl StripeRecord {
         out
     }
 
-    /// Decodes a record (either layout); any bytes give a record that
-    /// lists k + 2 chunks, or an error.
+    /// Decodes a record (either layout); any bytes give a consistent record
+    /// (1 to [`MAX_DATA_CHUNKS`] data chunks, k + 2 drives and places, a
+    /// chunk length that fits the data length), or an error.
     pub fn decode(bytes: &[u8]) -> anyhow::Result<StripeRecord> {
         anyhow::ensure!(
             bytes.len() >= RECORD_HEADER,
@@ -113,7 +123,7 @@ impl StripeRecord {
             bytes.len()
         );
         let k = usize::from(bytes[0]);
-        let n = k + strata_common::erasure::PARITY_CHUNKS;
+        let n = k + erasure::PARITY_CHUNKS;
         let body = &bytes[RECORD_HEADER..];
         let per_chunk = match body.len() {
             len if k > 0 && len == 10 * n => 10,
@@ -132,14 +142,21 @@ impl StripeRecord {
                 (drive, u64::from_le_bytes(place))
             })
             .unzip();
-        Ok(StripeRecord {
+        let record = StripeRecord {
             k,
             gen: u16::from_le_bytes([bytes[1], bytes[2]]),
             chunk_len: u32_at(3),
             data_len: u32_at(7),
             drives,
             places,
-        })
+        };
+        anyhow::ensure!(
+            k <= MAX_DATA_CHUNKS && record.chunk_len == erasure::chunk_len(record.data_len, k),
+            "stripe record of {k} data chunks of {} bytes for {} bytes of data",
+            record.chunk_len,
+            record.data_len
+        );
+        Ok(record)
     }
 }
 
@@ -174,8 +191,51 @@ impl Catalog {
         tx.open_table(DRIVES)?;
         tx.open_table(LEASES)?;
         tx.open_table(VDISKS)?;
+        tx.open_table(DRIVE_KINDS)?;
+        {
+            let mut meta = tx.open_table(META)?;
+            if meta.get(POOL_ID)?.is_none() {
+                let mut id = [0u8; 16];
+                getrandom::fill(&mut id)
+                    .map_err(|e| anyhow::anyhow!("cannot draw the pool's id: {e}"))?;
+                meta.insert(POOL_ID, id.as_slice())?;
+            }
+        }
         tx.commit()?;
         Ok(Catalog { db })
+    }
+
+    /// The pool's id, which its drives' labels carry.
+    pub fn pool_id(&self) -> anyhow::Result<[u8; 16]> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let value = meta.get(POOL_ID)?.context("the catalog has no pool id")?;
+        value
+            .value()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the pool id is {} bytes", value.value().len()))
+    }
+
+    /// The kind recorded for each of `count` drives (`None`: never opened).
+    pub fn drive_kinds(&self, count: usize) -> anyhow::Result<Vec<Option<DriveKind>>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DRIVE_KINDS)?;
+        (0..count)
+            .map(|d| {
+                Ok(table
+                    .get(d as u16)?
+                    .and_then(|v| DriveKind::from_code(v.value())))
+            })
+            .collect()
+    }
+
+    /// Records what drive `drive` is.
+    pub fn set_drive_kind(&self, drive: usize, kind: DriveKind) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DRIVE_KINDS)?
+            .insert(drive as u16, kind.code())?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The id the next stripe gets: one above the highest stored.
@@ -409,7 +469,7 @@ mod tests {
         let record = StripeRecord {
             k: 4,
             gen: 0,
-            chunk_len: 1 << 20,
+            chunk_len: erasure::chunk_len(4_000_000, 4),
             data_len: 4_000_000,
             drives: vec![2, 3, 4, 5, 0, 1],
             places: vec![0, 0, 1 << 20, 0, 0, u64::MAX - 4095],
@@ -468,7 +528,7 @@ mod tests {
         let rebuilt = StripeRecord {
             k: 2,
             gen: 1,
-            chunk_len: 2 << 20,
+            chunk_len: erasure::chunk_len(4_000_000, 2),
             data_len: 4_000_000,
             drives: vec![0, 1, 2, 3],
             places: vec![0; 4],
@@ -484,7 +544,7 @@ mod tests {
         let record = StripeRecord {
             k: 2,
             gen: 7,
-            chunk_len: 4096,
+            chunk_len: erasure::chunk_len(8000, 2),
             data_len: 8000,
             drives: vec![5, 0, 1, 2],
             places: vec![1 << 20, 0, 3 << 20, 0x0102_0304_0506_0708],
@@ -509,6 +569,26 @@ mod tests {
         let mut no_data = bytes.clone();
         no_data[0] = 0;
         assert!(StripeRecord::decode(&no_data).is_err());
+        // A chunk length that does not fit the data, or too many data
+        // chunks: reading would index past the chunks or divide by zero.
+        for bad in [
+            StripeRecord {
+                chunk_len: 0,
+                ..record.clone()
+            },
+            StripeRecord {
+                chunk_len: record.chunk_len - 64,
+                ..record.clone()
+            },
+            StripeRecord {
+                k: MAX_DATA_CHUNKS + 1,
+                drives: vec![0; MAX_DATA_CHUNKS + 3],
+                places: vec![0; MAX_DATA_CHUNKS + 3],
+                ..record.clone()
+            },
+        ] {
+            assert!(StripeRecord::decode(&bad.encode()).is_err(), "{bad:?}");
+        }
     }
 
     proptest::proptest! {

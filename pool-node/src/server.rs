@@ -579,6 +579,18 @@ fn serve_admin_request(stripes: &StripeStore, request: Request) -> Response {
                 Err(e) => stripe_error("rebuild", e),
             }
         }
+        Request::Scrub => {
+            return match stripes.scrub() {
+                Ok(report) => Response::Scrubbed {
+                    stripes: report.stripes,
+                    chunks: report.chunks,
+                    bad_chunks: report.bad_chunks,
+                    repaired: report.repaired,
+                    unreadable: report.unreadable,
+                },
+                Err(e) => stripe_error("scrub", e),
+            }
+        }
         other => {
             return Response::Error {
                 code: code::BAD_REQUEST,
@@ -596,7 +608,7 @@ fn drives_response(report: DriveReport) -> Response {
     Response::Drives {
         max_data_chunks: report.max_data_chunks as u8,
         degraded_stripes: report.degraded_stripes,
-        failed: report.failed,
+        drives: report.drives,
     }
 }
 
@@ -680,6 +692,7 @@ async fn handle(
         | Request::DriveStatus
         | Request::SetDrive { .. }
         | Request::Rebuild
+        | Request::Scrub
         | Request::Open { .. } => {
             let Ok(permit) = server.stripe_permits.clone().acquire_owned().await else {
                 return Pending::Ready(Response::Error {

@@ -19,6 +19,10 @@
 //! chunks under the stripe's next generation, switches the record, then
 //! deletes the old chunks. Frame offsets are offsets in the stripe's data,
 //! which a rewrite keeps, so the index does not change.
+//!
+//! A scrub reads every chunk in full and checks it, and rewrites the same
+//! way each stripe with a chunk that is damaged (which a rebuild, looking
+//! only at whether chunks are there, does not see).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +35,7 @@ use strata_common::wire::{StripeEntry, MAX_ENTRY_LEN};
 
 use crate::catalog::{Catalog, FrameLocation, StripeRecord};
 use crate::drives::{ChunkError, ChunkId, ChunkSlot, Drives};
+use strata_common::wire::DriveState;
 
 /// Why a stripe was refused or a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,18 +63,22 @@ pub struct StripeStore {
     drives: Drives,
     catalog: Catalog,
     next_id: Mutex<u64>,
-    /// Per drive, whether it is marked failed.
-    failed: RwLock<Vec<bool>>,
-    /// One rebuild at a time.
+    /// Per drive, whether the administrator marked it failed.
+    marked_failed: RwLock<Vec<bool>>,
+    /// Held shared while chunks are written and recorded, exclusively
+    /// while a drive is opened again: a drive's free space is rebuilt from
+    /// the catalog with no chunk half way between the two.
+    writes: RwLock<()>,
+    /// One rebuild or scrub at a time.
     rebuilding: Mutex<()>,
 }
 
 /// The drives as a status request reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveReport {
-    /// Per drive, whether it is marked failed.
-    pub failed: Vec<bool>,
-    /// Stripes with a chunk on a failed drive.
+    /// Per drive, its state.
+    pub drives: Vec<DriveState>,
+    /// Stripes with a chunk on a failed or offline drive.
     pub degraded_stripes: u64,
     /// Most data chunks a new stripe may have.
     pub max_data_chunks: usize,
@@ -84,23 +93,29 @@ impl StripeStore {
             PARITY_CHUNKS + 1,
             drive_paths.len()
         );
-        let drives = Drives::open(drive_paths)?;
         let catalog = Catalog::open(data_dir)?;
-        // Device drives learn which of their extents hold chunks.
-        for (id, record) in catalog.stripes()? {
-            for slot in chunk_slots(id, &record) {
-                drives
-                    .reserve(&slot)
-                    .with_context(|| format!("chunk {} of stripe {id}", slot.chunk.index))?;
+        let known = catalog.drive_kinds(drive_paths.len())?;
+        let drives = Drives::open(catalog.pool_id()?, drive_paths, &known);
+        for (drive, (kind, known)) in drives.kinds().into_iter().zip(&known).enumerate() {
+            if let (Some(kind), None) = (kind, known) {
+                catalog.set_drive_kind(drive, kind)?;
             }
         }
+        // Device drives learn which of their extents hold chunks.
+        let stripes = catalog.stripes()?;
+        drives.reserve_all(
+            stripes
+                .iter()
+                .flat_map(|(id, record)| chunk_slots(*id, record)),
+        );
         let next_id = catalog.next_stripe_id()?;
-        let failed = catalog.failed_drives(drives.len())?;
+        let marked_failed = catalog.failed_drives(drives.len())?;
         Ok(StripeStore {
             drives,
             catalog,
             next_id: Mutex::new(next_id),
-            failed: RwLock::new(failed),
+            marked_failed: RwLock::new(marked_failed),
+            writes: RwLock::new(()),
             rebuilding: Mutex::new(()),
         })
     }
@@ -110,11 +125,37 @@ impl StripeStore {
         &self.catalog
     }
 
-    fn failed(&self) -> Vec<bool> {
-        self.failed
+    fn marked_failed(&self) -> Vec<bool> {
+        self.marked_failed
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Per drive, whether it is out of service: marked failed, or offline.
+    fn failed(&self) -> Vec<bool> {
+        self.marked_failed()
+            .into_iter()
+            .zip(self.drives.offline())
+            .map(|(marked, offline)| marked || offline.is_some())
+            .collect()
+    }
+
+    /// Per drive, its state.
+    fn states(&self) -> Vec<DriveState> {
+        self.marked_failed()
+            .into_iter()
+            .zip(self.drives.offline())
+            .map(|(marked, offline)| match (marked, offline) {
+                (true, _) => DriveState::Failed,
+                (false, Some(_)) => DriveState::Offline,
+                (false, None) => DriveState::InService,
+            })
+            .collect()
+    }
+
+    fn gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.writes.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The drives in service.
@@ -132,9 +173,10 @@ impl StripeStore {
             .min(MAX_DATA_CHUNKS)
     }
 
-    /// Marks `drive` failed or back in service. A failed drive that comes
-    /// back (a replaced disk) is opened again first: a blank device is
-    /// formatted, a missing directory created.
+    /// Marks `drive` failed or back in service. A drive that comes back
+    /// from failed or offline (a replaced disk) is opened again first: a
+    /// blank one is labelled; one that cannot be opened stays out of
+    /// service, and the error says why.
     pub fn set_drive(&self, drive: usize, failed: bool) -> Result<DriveReport, StripeError> {
         if drive >= self.drives.len() {
             return Err(StripeError::Bad(format!(
@@ -143,6 +185,7 @@ impl StripeStore {
             )));
         }
         if !failed && self.failed()[drive] {
+            let _no_writes = self.writes.write().unwrap_or_else(|p| p.into_inner());
             let in_use: Vec<ChunkSlot> = self
                 .catalog
                 .stripes()?
@@ -150,12 +193,18 @@ impl StripeStore {
                 .flat_map(|(id, record)| chunk_slots(*id, record))
                 .filter(|slot| slot.drive == drive)
                 .collect();
+            let known = self.catalog.drive_kinds(self.drives.len())?[drive];
             self.drives
-                .reopen(drive, &in_use)
+                .reopen(drive, known, &in_use)
                 .with_context(|| format!("drive {drive} cannot return to service"))?;
+            if let (None, Some(kind)) = (known, self.drives.kinds()[drive]) {
+                self.catalog.set_drive_kind(drive, kind)?;
+            }
         }
         self.catalog.set_drive(drive, failed)?;
-        self.failed.write().unwrap_or_else(|p| p.into_inner())[drive] = failed;
+        self.marked_failed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())[drive] = failed;
         tracing::warn!(drive, failed, "drive state changed");
         self.drive_report()
     }
@@ -170,7 +219,7 @@ impl StripeStore {
             .filter(|(_, r)| r.drives.iter().any(|&d| is_failed(&failed, d)))
             .count();
         Ok(DriveReport {
-            failed,
+            drives: self.states(),
             degraded_stripes: degraded as u64,
             max_data_chunks: self.max_data_chunks(),
         })
@@ -229,7 +278,8 @@ impl StripeStore {
             *next += 1;
             id
         };
-        let drives = self.layout(id, k);
+        let _writing = self.gate();
+        let drives = self.layout(id, k)?;
         let places = self.write_chunks(id, 0, &drives, chunks)?;
         let record = StripeRecord {
             k,
@@ -239,12 +289,12 @@ impl StripeStore {
             drives,
             places,
         };
-        if let Err(e) = self.catalog.add_stripe(id, &record, entries) {
-            self.remove_chunks(id, &record);
-            return Err(StripeError::Storage(
-                e.context(format!("recording stripe {id}")),
-            ));
-        }
+        // If this fails, the chunks stay: a failed commit may still have
+        // reached the disk. A device drive's free space is rebuilt from
+        // the catalog at the next start; a file is space to reclaim.
+        self.catalog
+            .add_stripe(id, &record, entries)
+            .with_context(|| format!("recording stripe {id}"))?;
         tracing::debug!(
             stripe = id,
             k,
@@ -256,13 +306,21 @@ impl StripeStore {
     }
 
     /// The drives of stripe `id`'s k + 2 chunks: consecutive drives in
-    /// service from a starting one that rotates with the id.
-    fn layout(&self, id: u64, k: usize) -> Vec<usize> {
+    /// service from a starting one that rotates with the id. An error if
+    /// fewer than k + 2 are in service (one went offline since k was
+    /// chosen).
+    fn layout(&self, id: u64, k: usize) -> Result<Vec<usize>, StripeError> {
         let drives = self.in_service();
+        if drives.len() < k + PARITY_CHUNKS {
+            return Err(StripeError::Bad(format!(
+                "{} drives in service, too few for {k} + {PARITY_CHUNKS} chunks",
+                drives.len()
+            )));
+        }
         let start = (id % drives.len() as u64) as usize;
-        (0..k + PARITY_CHUNKS)
+        Ok((0..k + PARITY_CHUNKS)
             .map(|i| drives[(start + i) % drives.len()])
-            .collect()
+            .collect())
     }
 
     /// Writes generation `gen` of stripe `id`'s chunks to `drives`, in
@@ -364,12 +422,7 @@ impl StripeStore {
     /// file gone, onto the drives in service; returns how many it rewrote.
     pub fn rebuild(&self) -> Result<u64, StripeError> {
         let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
-        let k_max = self.max_data_chunks();
-        if k_max == 0 {
-            return Err(StripeError::Bad(
-                "fewer than 3 drives in service: nothing to rebuild onto".into(),
-            ));
-        }
+        let k_max = self.rewrite_width()?;
         let failed = self.failed();
         let mut rebuilt = 0;
         for (id, record) in self.catalog.stripes()? {
@@ -379,35 +432,118 @@ impl StripeStore {
                 continue;
             }
             let chunks = self.read_stripe(id, &record)?;
-            let mut data = chunks[..record.k].concat();
-            data.truncate(record.data_len);
-            let k = record.k.min(k_max);
-            let encoded = erasure::encode(&data, k).map_err(|e| {
-                StripeError::Storage(anyhow::anyhow!("re-encoding stripe {id}: {e}"))
-            })?;
-            let gen = record.gen.wrapping_add(1);
-            let drives = self.layout(id, k);
-            let places = self.write_chunks(id, gen, &drives, &encoded)?;
-            let new = StripeRecord {
-                k,
-                gen,
-                chunk_len: erasure::chunk_len(data.len(), k),
-                data_len: record.data_len,
-                drives,
-                places,
-            };
-            if let Err(e) = self.catalog.replace_stripe(id, &new) {
-                self.remove_chunks(id, &new);
-                return Err(StripeError::Storage(
-                    e.context(format!("recording rebuilt stripe {id}")),
-                ));
-            }
-            self.remove_chunks(id, &record);
-            tracing::info!(stripe = id, k_was = record.k, k, "stripe rebuilt");
+            self.rewrite_stripe(id, &record, &chunks, k_max)?;
             rebuilt += 1;
         }
         Ok(rebuilt)
     }
+
+    /// Reads every chunk of every stripe in full and checks it (chunks on
+    /// failed drives are a rebuild's business), and rewrites each stripe
+    /// with a missing or damaged chunk from the good ones. A stripe with
+    /// too few good chunks is counted and logged, and the scrub goes on.
+    pub fn scrub(&self) -> Result<ScrubReport, StripeError> {
+        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        let k_max = self.rewrite_width()?;
+        let failed = self.failed();
+        let mut report = ScrubReport::default();
+        for (id, record) in self.catalog.stripes()? {
+            report.stripes += 1;
+            let mut bad = 0;
+            let mut chunks: Vec<Option<Vec<u8>>> = chunk_slots(id, &record)
+                .map(|slot| {
+                    if is_failed(&failed, slot.drive) {
+                        return None;
+                    }
+                    report.chunks += 1;
+                    match self.drives.read_chunk(&slot) {
+                        Ok(chunk) => Some(chunk),
+                        Err(e) => {
+                            tracing::warn!(stripe = id, index = slot.chunk.index, drive = slot.drive, error = %e, "scrub: bad chunk");
+                            bad += 1;
+                            None
+                        }
+                    }
+                })
+                .collect();
+            if bad == 0 {
+                continue;
+            }
+            report.bad_chunks += bad;
+            if let Err(e) = erasure::restore(&mut chunks, record.k) {
+                tracing::error!(stripe = id, error = %e, "scrub: too few good chunks to restore the stripe");
+                report.unreadable += 1;
+                continue;
+            }
+            let chunks: Vec<Vec<u8>> = chunks.into_iter().flatten().collect();
+            self.rewrite_stripe(id, &record, &chunks, k_max)?;
+            report.repaired += 1;
+        }
+        tracing::info!(?report, "scrub finished");
+        Ok(report)
+    }
+
+    /// The most data chunks a rewritten stripe may have; an error when
+    /// fewer than 3 drives are in service.
+    fn rewrite_width(&self) -> Result<usize, StripeError> {
+        match self.max_data_chunks() {
+            0 => Err(StripeError::Bad(
+                "fewer than 3 drives in service: nothing to rewrite stripes onto".into(),
+            )),
+            k_max => Ok(k_max),
+        }
+    }
+
+    /// Rewrites stripe `id` from its restored `chunks` (all k + 2) onto
+    /// the drives in service, at most `k_max` data chunks wide, under its
+    /// next generation; switches the record, then deletes the old chunks.
+    fn rewrite_stripe(
+        &self,
+        id: u64,
+        record: &StripeRecord,
+        chunks: &[Vec<u8>],
+        k_max: usize,
+    ) -> Result<(), StripeError> {
+        let mut data = chunks[..record.k].concat();
+        data.truncate(record.data_len);
+        let k = record.k.min(k_max);
+        let encoded = erasure::encode(&data, k)
+            .map_err(|e| StripeError::Storage(anyhow::anyhow!("re-encoding stripe {id}: {e}")))?;
+        let _writing = self.gate();
+        let gen = record.gen.wrapping_add(1);
+        let drives = self.layout(id, k)?;
+        let places = self.write_chunks(id, gen, &drives, &encoded)?;
+        let new = StripeRecord {
+            k,
+            gen,
+            chunk_len: erasure::chunk_len(data.len(), k),
+            data_len: record.data_len,
+            drives,
+            places,
+        };
+        // If this fails, both copies stay (see `put_stripe`).
+        self.catalog
+            .replace_stripe(id, &new)
+            .with_context(|| format!("recording rewritten stripe {id}"))?;
+        self.remove_chunks(id, record);
+        tracing::info!(stripe = id, k_was = record.k, k, "stripe rewritten");
+        Ok(())
+    }
+}
+
+/// What a scrub found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Stripes looked at.
+    pub stripes: u64,
+    /// Chunks read and checked.
+    pub chunks: u64,
+    /// Chunks missing or damaged.
+    pub bad_chunks: u64,
+    /// Stripes rewritten because of them.
+    pub repaired: u64,
+    /// Stripes with too few good chunks to restore.
+    pub unreadable: u64,
 }
 
 fn is_failed(failed: &[bool], drive: usize) -> bool {
@@ -677,12 +813,14 @@ mod tests {
         check_all(&store, &all);
         std::fs::remove_dir_all(&paths[0]).unwrap();
         check_all(&store, &all);
-        // Drive states survive a reopen.
+        // Drive states survive a reopen; the drives whose directories went
+        // are offline, not created afresh.
         drop(store);
         let store = StripeStore::open(dir.path(), paths).unwrap();
+        use DriveState::*;
         assert_eq!(
-            store.drive_report().unwrap().failed,
-            vec![false, true, false, false, true, false]
+            store.drive_report().unwrap().drives,
+            vec![Offline, Failed, InService, Offline, Failed, InService]
         );
         check_all(&store, &all);
     }
@@ -693,7 +831,7 @@ mod tests {
         let store = StripeStore::open(dir.path(), Drives::default_paths(dir.path())).unwrap();
         let mut per_drive = [0usize; 6];
         for id in 1..=60 {
-            let drives = store.layout(id, 2);
+            let drives = store.layout(id, 2).unwrap();
             let mut sorted = drives.clone();
             sorted.sort_unstable();
             sorted.dedup();
@@ -703,6 +841,79 @@ mod tests {
             }
         }
         assert_eq!(per_drive, [40; 6]);
+    }
+
+    #[test]
+    fn a_scrub_repairs_damage_a_rebuild_does_not_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("pool");
+        // Three directory drives and three device drives.
+        let mut paths = Drives::default_paths(dir.path());
+        paths.truncate(3);
+        paths.extend(device_paths(dir.path()).into_iter().skip(3));
+        let store = StripeStore::open(&data, paths.clone()).unwrap();
+        let all = frames(60);
+        let ids: Vec<u64> = all.chunks(10).map(|part| put(&store, part, 4)).collect();
+        let clean = ScrubReport {
+            stripes: 6,
+            chunks: 36,
+            ..ScrubReport::default()
+        };
+        assert_eq!(store.scrub().unwrap(), clean);
+        // One flipped payload byte in a chunk file and one on a device, in
+        // two stripes; three chunks of a third stripe.
+        let flip = |id: u64, index: usize| {
+            let record = store.catalog.stripe(id).unwrap().unwrap();
+            let slot = chunk_slot(id, &record, index);
+            let (path, at) = if slot.drive < 3 {
+                let file = paths[slot.drive]
+                    .join(format!("{:x}", id >> 12))
+                    .join(format!("{id:x}.{}.{index}", record.gen));
+                (file, 40)
+            } else {
+                (paths[slot.drive].clone(), slot.place + 40)
+            };
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            let mut byte = [0u8];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0x20], at).unwrap();
+            slot.drive
+        };
+        let record = store.catalog.stripe(ids[1]).unwrap().unwrap();
+        let on_dir = (0..6).find(|&i| record.drives[i] < 3).unwrap();
+        assert!(flip(ids[1], on_dir) < 3);
+        let record = store.catalog.stripe(ids[2]).unwrap().unwrap();
+        let on_device = (0..6).find(|&i| record.drives[i] >= 3).unwrap();
+        assert!(flip(ids[2], on_device) >= 3);
+        for index in [0, 2, 5] {
+            flip(ids[4], index);
+        }
+        assert_eq!(store.rebuild().unwrap(), 0, "a rebuild sees no damage");
+        check_all(&store, &all[..40]);
+        assert_eq!(
+            store.scrub().unwrap(),
+            ScrubReport {
+                bad_chunks: 5,
+                repaired: 2,
+                unreadable: 1,
+                ..clean.clone()
+            }
+        );
+        // Repaired for good: a second scrub finds only the lost stripe.
+        assert_eq!(
+            store.scrub().unwrap(),
+            ScrubReport {
+                bad_chunks: 3,
+                unreadable: 1,
+                ..clean
+            }
+        );
+        check_all(&store, &all[..40]);
+        check_all(&store, &all[50..]);
     }
 
     /// Six blank 16 MiB files standing in for block devices.
@@ -769,15 +980,75 @@ mod tests {
         assert_eq!(store.drive_report().unwrap().max_data_chunks, 4);
         let more = frames(100);
         put(&store, &more[90..], 4);
-        let newest = store.catalog.stripes().unwrap().last().unwrap().1.clone();
-        assert!(
-            newest.drives.contains(&3),
-            "the replaced drive takes chunks"
-        );
+        // The replaced drive holds a sound chunk of the newest stripe.
+        let (id, newest) = store.catalog.stripes().unwrap().pop().unwrap();
+        let on_3 = newest.drives.iter().position(|&d| d == 3).unwrap();
+        store
+            .drives
+            .read_chunk(&chunk_slot(id, &newest, on_3))
+            .expect("the new chunk on the replaced drive");
         check_all(&store, &all);
         check_all(&store, &more[90..]);
         drop(store);
         let store = StripeStore::open(&data, paths).unwrap();
+        check_all(&store, &more);
+    }
+
+    #[test]
+    fn drives_that_are_not_what_the_pool_used_are_offline_until_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("pool");
+        let paths = device_paths(dir.path());
+        let all = frames(40);
+        {
+            let store = StripeStore::open(&data, paths.clone()).unwrap();
+            for part in all.chunks(10) {
+                put(&store, part, 4);
+            }
+        }
+        // While the pool is down, drive 2 is swapped for a blank disk and
+        // drive 5 for a disk of another pool.
+        for d in [2, 5] {
+            std::fs::remove_file(&paths[d]).unwrap();
+            std::fs::File::create(&paths[d])
+                .and_then(|f| f.set_len(16 << 20))
+                .unwrap();
+        }
+        let foreign = crate::drives::encode_label(&crate::drives::DriveLabel {
+            pool: [0xee; 16],
+            number: 5,
+            kind: crate::drives::DriveKind::Device,
+            capacity: 16 << 20,
+        });
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&paths[5])
+            .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &foreign, 0))
+            .unwrap();
+        // The pool starts without them: nothing is labelled or written
+        // behind the administrator's back, and every frame reads.
+        let store = StripeStore::open(&data, paths.clone()).unwrap();
+        use DriveState::*;
+        let report = store.drive_report().unwrap();
+        assert_eq!(
+            report.drives,
+            vec![InService, InService, Offline, InService, InService, Offline]
+        );
+        assert_eq!(report.max_data_chunks, 2);
+        assert_eq!(report.degraded_stripes, 4);
+        check_all(&store, &all);
+        let more = frames(50);
+        put(&store, &more[40..], 2);
+        // Replacing takes the blank one into use; the foreign one stays out.
+        store.set_drive(2, false).unwrap();
+        let err = store.set_drive(5, false).unwrap_err();
+        assert!(format!("{err:#}").contains("another pool"), "{err:#}");
+        assert_eq!(store.drive_report().unwrap().drives[2], InService);
+        assert_eq!(store.drive_report().unwrap().drives[5], Offline);
+        // The four old stripes had chunks on drive 5; the new one was laid
+        // out on the four drives in service.
+        assert_eq!(store.rebuild().unwrap(), 4);
+        assert_eq!(store.drive_report().unwrap().degraded_stripes, 0);
         check_all(&store, &more);
     }
 
@@ -796,6 +1067,6 @@ mod tests {
             .unwrap();
         let err = store.set_drive(0, false).unwrap_err();
         assert!(format!("{err:#}").contains("not blank"), "{err:#}");
-        assert!(store.drive_report().unwrap().failed[0]);
+        assert_eq!(store.drive_report().unwrap().drives[0], DriveState::Failed);
     }
 }

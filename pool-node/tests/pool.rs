@@ -12,7 +12,7 @@ use strata_common::erasure;
 use strata_common::fingerprint::Fingerprint;
 use strata_common::pki::{ClusterDir, ADMIN_NAME};
 use strata_common::tls;
-use strata_common::wire::{code, Request, Response, StripeEntry};
+use strata_common::wire::{code, DriveState, Request, Response, StripeEntry};
 use strata_pool::client::PoolClient;
 use strata_pool::process::{PoolCommand, PoolProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -491,7 +491,7 @@ async fn a_new_lease_fences_every_connection_of_the_old_one() {
 }
 
 #[tokio::test]
-async fn only_the_administrator_may_fail_drives_and_rebuild() {
+async fn only_the_administrator_may_fail_drives_rebuild_and_scrub() {
     let c = cluster();
     let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
     let mut host = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
@@ -502,8 +502,8 @@ async fn only_the_administrator_may_fail_drives_and_rebuild() {
         Ok(Response::Drives {
             max_data_chunks: 4,
             degraded_stripes: 0,
-            failed,
-        }) => assert_eq!(failed, vec![false; 6]),
+            drives,
+        }) => assert_eq!(drives, vec![DriveState::InService; 6]),
         other => panic!("drive status answered {other:?}"),
     }
     // ... but not change them.
@@ -513,6 +513,7 @@ async fn only_the_administrator_may_fail_drives_and_rebuild() {
             failed: true,
         },
         Request::Rebuild,
+        Request::Scrub,
     ] {
         match host.call(&request).await {
             Ok(Response::Error { code: c, .. }) => assert_eq!(c, code::BAD_REQUEST),
@@ -531,9 +532,9 @@ async fn only_the_administrator_may_fail_drives_and_rebuild() {
     {
         Ok(Response::Drives {
             max_data_chunks: 3,
-            failed,
+            drives,
             ..
-        }) => assert!(failed[1]),
+        }) => assert_eq!(drives[1], DriveState::Failed),
         other => panic!("failing a drive answered {other:?}"),
     }
     match admin
@@ -549,6 +550,14 @@ async fn only_the_administrator_may_fail_drives_and_rebuild() {
     match admin.call(&Request::Rebuild).await {
         Ok(Response::Rebuilt { stripes: 0 }) => {}
         other => panic!("rebuild of an empty pool answered {other:?}"),
+    }
+    match admin.call(&Request::Scrub).await {
+        Ok(Response::Scrubbed {
+            stripes: 0,
+            bad_chunks: 0,
+            ..
+        }) => {}
+        other => panic!("scrub of an empty pool answered {other:?}"),
     }
     // The administrator has no NVLOG: host requests are refused.
     match admin.call(&Request::Status).await {

@@ -116,6 +116,8 @@ pub struct CounterStatus {
     pub frames_fetched: u64,
     /// Bad frames on flash replaced by the pool's copy.
     pub frames_repaired: u64,
+    /// Those of them whose copy came from an NVLOG record.
+    pub frames_repaired_from_nvlog: u64,
     /// Frames dropped from the flash because the pool holds them.
     pub frames_evicted: u64,
 }
@@ -244,6 +246,7 @@ pub fn collect(
         frames_fetched: load(&counters.frames_fetched),
         frames_evicted: load(&counters.frames_evicted),
         frames_repaired: load(&counters.frames_repaired),
+        frames_repaired_from_nvlog: load(&counters.frames_repaired_from_nvlog),
     };
 
     // Frame length (None: not in the index) of every fingerprint seen so
@@ -452,15 +455,16 @@ pub fn render(status: &HostStatus) -> String {
         c.nvlog_records,
         c.checkpoints
     );
-    if c.destages + c.frames_fetched > 0 {
+    if c.destages + c.frames_fetched + c.frames_repaired > 0 {
         let _ = writeln!(
             out,
-            "  pool      destages {}, stripes written {}, entries destaged {}, fetched {}, repaired {}, evicted {}",
+            "  pool      destages {}, stripes written {}, entries destaged {}, fetched {}, repaired {} ({} from the NVLOG), evicted {}",
             c.destages,
             c.stripes_written,
             c.frames_destaged,
             c.frames_fetched,
             c.frames_repaired,
+            c.frames_repaired_from_nvlog,
             c.frames_evicted
         );
     }

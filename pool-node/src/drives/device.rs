@@ -1,117 +1,49 @@
 //! A device drive: a block device (or a regular file of fixed size standing
 //! in for one) holding chunks in extents.
 //!
-//! The first MiB is the drive's own: a 4 KiB label at offset 0, then zeros.
-//! Chunks follow, each in an extent of its encoded length rounded up to
-//! 4 KiB, anywhere from 1 MiB to the capacity the label records. Which
-//! extents are free is kept in memory only: the catalog names every chunk
-//! in use and its place, so the pool rebuilds the free space when it opens
-//! (a chunk written but never recorded, by a crash in between, is free
-//! again). An extent is reused only after the catalog stops naming its
-//! chunk (a rebuild's old copy), so a chunk is never overwritten while the
-//! catalog names it.
+//! The first MiB is the drive's own: its label (see [`super::label`]) at
+//! offset 0, then zeros. Chunks follow, each in an extent of its encoded
+//! length rounded up to 4 KiB, anywhere from 1 MiB to the capacity the
+//! label records. Which extents are free is kept in memory only: the
+//! catalog names every chunk in use and its place, so the pool rebuilds the
+//! free space when it opens (a chunk written but never recorded, by a crash
+//! in between, is free again). An extent is reused only after the catalog
+//! stops naming its chunk (a rebuild's old copy), so a chunk is never
+//! overwritten while the catalog names it.
 //!
 //! A chunk is written with one `pwrite` and made durable with `fdatasync`,
 //! which on a block device also flushes the device's volatile write cache,
 //! before the catalog names it.
 //!
-//! # Label (little-endian)
-//!
-//! | offset | size | field |
-//! |---:|---:|---|
-//! | 0 | 8 | magic `"STRDRV01"` |
-//! | 8 | 2 | drive number, u16 |
-//! | 10 | 6 | zero |
-//! | 16 | 8 | capacity in bytes, u64 (the device's size when formatted) |
-//! | 24 | 8 | xxh3-64 of bytes 0..24 |
-//!
-//! A device without a label is formatted only if its whole first MiB is
-//! zero: anything else may be someone's data, and opening fails with an
-//! error saying how to hand the device over. A damaged label, a label of
-//! another drive number, or a capacity beyond the device's size also fail
-//! the open.
+//! The device is opened exclusively (`O_EXCL` for a block device, so it
+//! cannot be mounted or opened so by another pool meanwhile; an advisory
+//! lock for a regular file). A device without a label is labelled only
+//! when that is allowed (a drive the pool has never used, or one the
+//! administrator replaced) and only if its whole first MiB is zero:
+//! anything else may be someone's data.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::Context;
 use rangemap::RangeSet;
-use xxhash_rust::xxh3::xxh3_64;
 
-use super::{ChunkError, ChunkId};
+use super::label::{
+    check_label, decode_label, encode_label, DriveKind, DriveLabel, MIN_DEVICE_CAPACITY,
+};
+use super::{ChunkError, ChunkId, HEADER_LEN};
 
-const LABEL_MAGIC: &[u8; 8] = b"STRDRV01";
-/// Bytes of the label.
-pub const LABEL_LEN: usize = 32;
 /// Where chunks start: the first MiB is the label's.
 const DATA_START: u64 = 1 << 20;
 /// Extents start and end on multiples of this.
 const EXTENT_ALIGN: u64 = 4096;
 
-/// What a device drive's label says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DriveLabel {
-    /// The drive's number in the pool's drive list.
-    pub number: u16,
-    /// Bytes of the device the pool uses.
-    pub capacity: u64,
-}
-
-/// The label's bytes.
-pub fn encode_label(label: &DriveLabel) -> [u8; LABEL_LEN] {
-    let mut bytes = [0u8; LABEL_LEN];
-    bytes[..8].copy_from_slice(LABEL_MAGIC);
-    bytes[8..10].copy_from_slice(&label.number.to_le_bytes());
-    bytes[16..24].copy_from_slice(&label.capacity.to_le_bytes());
-    let checksum = xxh3_64(&bytes[..24]);
-    bytes[24..].copy_from_slice(&checksum.to_le_bytes());
-    bytes
-}
-
-/// Decodes a label: `Ok(None)` when `bytes` does not start with the
-/// label's magic (no label), an error naming the failed check when it does
-/// but is damaged. Never panics, whatever the bytes.
-pub fn decode_label(bytes: &[u8]) -> Result<Option<DriveLabel>, &'static str> {
-    if bytes.len() < LABEL_LEN {
-        return Err("shorter than a label");
-    }
-    if &bytes[..8] != LABEL_MAGIC {
-        return Ok(None);
-    }
-    let word = |at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(w)
-    };
-    if word(24) != xxh3_64(&bytes[..24]) {
-        return Err("label checksum mismatch");
-    }
-    if bytes[10..16].iter().any(|&b| b != 0) {
-        return Err("label reserved bytes are not zero");
-    }
-    let capacity = word(16);
-    if capacity < DATA_START || capacity % EXTENT_ALIGN != 0 {
-        return Err("label capacity is not a whole number of extents past the label area");
-    }
-    Ok(Some(DriveLabel {
-        number: u16::from_le_bytes([bytes[8], bytes[9]]),
-        capacity,
-    }))
-}
-
 /// The bytes of an extent holding an encoded chunk of `image_len` bytes.
 pub fn extent_len(image_len: usize) -> u64 {
     (image_len as u64).div_ceil(EXTENT_ALIGN) * EXTENT_ALIGN
-}
-
-/// The opened device and the capacity its label gives.
-#[derive(Debug)]
-struct Opened {
-    file: File,
-    capacity: u64,
 }
 
 /// A drive that is a block device or a fixed-size file.
@@ -119,46 +51,33 @@ struct Opened {
 pub struct DeviceDrive {
     number: usize,
     path: PathBuf,
-    opened: RwLock<Arc<Opened>>,
+    file: File,
+    capacity: u64,
     /// Free extents (byte ranges).
     free: Mutex<RangeSet<u64>>,
 }
 
 impl DeviceDrive {
-    /// Opens `path` as drive `number`, formatting it if it is blank.
-    pub fn open(number: usize, path: PathBuf) -> anyhow::Result<DeviceDrive> {
-        let opened = open_device(number, &path)?;
-        let free = all_free(&opened);
+    /// Opens `path` as drive `number` of pool `pool`, labelling it if it
+    /// is blank and `may_label`. Every extent starts free; the caller
+    /// reserves those the catalog names.
+    pub fn open(
+        number: usize,
+        path: PathBuf,
+        pool: &[u8; 16],
+        may_label: bool,
+    ) -> anyhow::Result<DeviceDrive> {
+        let (file, capacity) = open_device(number, &path, pool, may_label)
+            .with_context(|| format!("drive {number} ({})", path.display()))?;
+        let mut free = RangeSet::new();
+        free.insert(DATA_START..capacity);
         Ok(DeviceDrive {
             number,
             path,
-            opened: RwLock::new(Arc::new(opened)),
+            file,
+            capacity,
             free: Mutex::new(free),
         })
-    }
-
-    /// Opens the device at the drive's path again (a replaced one,
-    /// formatting it if it is blank): every extent is free again except
-    /// those of `in_use`, (place, payload length) of the chunks the
-    /// catalog names on this drive. The drive must take no writes
-    /// meanwhile (it is marked failed).
-    pub fn reopen(&self, in_use: &[(u64, usize)]) -> anyhow::Result<()> {
-        let opened = open_device(self.number, &self.path)?;
-        let mut free = all_free(&opened);
-        for &(place, len) in in_use {
-            take_extent(&mut free, place, len)
-                .with_context(|| format!("drive {} ({})", self.number, self.path.display()))?;
-        }
-        *self.opened.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(opened);
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) = free;
-        Ok(())
-    }
-
-    fn opened(&self) -> Arc<Opened> {
-        self.opened
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     fn free(&self) -> std::sync::MutexGuard<'_, RangeSet<u64>> {
@@ -168,8 +87,17 @@ impl DeviceDrive {
     /// Marks the extent of a chunk of `len` payload bytes at `place` in
     /// use. Fails if any of it is in use already or off the drive.
     pub fn reserve(&self, place: u64, len: usize) -> anyhow::Result<()> {
-        take_extent(&mut self.free(), place, len)
-            .with_context(|| format!("drive {} ({})", self.number, self.path.display()))
+        let end = place.saturating_add(extent_len(HEADER_LEN + len));
+        let mut free = self.free();
+        let whole = place % EXTENT_ALIGN == 0 && free.get(&place).is_some_and(|r| r.end >= end);
+        anyhow::ensure!(
+            whole,
+            "drive {} ({}): the catalog places a chunk at bytes {place}..{end}, which overlap another chunk or lie off the drive's chunk area",
+            self.number,
+            self.path.display()
+        );
+        free.remove(place..end);
+        Ok(())
     }
 
     /// Writes `image` (an encoded chunk) to a free extent, durably;
@@ -188,12 +116,12 @@ impl DeviceDrive {
             free.remove(found.start..found.start + len);
             found.start
         };
-        let opened = self.opened();
-        let written = opened
+        let written = self
             .file
             .write_all_at(image, place)
-            .and_then(|()| opened.file.sync_data());
+            .and_then(|()| self.file.sync_data());
         if let Err(source) = written {
+            // Never recorded: the extent is free again.
             self.free().insert(place..place + len);
             return Err(ChunkError::Io {
                 drive: self.number,
@@ -207,11 +135,10 @@ impl DeviceDrive {
 
     /// The `len` bytes at `place` (unchecked), as `chunk`'s.
     pub fn read(&self, chunk: ChunkId, place: u64, len: usize) -> Result<Vec<u8>, ChunkError> {
-        let opened = self.opened();
         let inside = place >= DATA_START
             && place
                 .checked_add(len as u64)
-                .is_some_and(|end| end <= opened.capacity);
+                .is_some_and(|end| end <= self.capacity);
         if !inside {
             return Err(ChunkError::Damaged {
                 drive: self.number,
@@ -220,8 +147,7 @@ impl DeviceDrive {
             });
         }
         let mut bytes = vec![0u8; len];
-        opened
-            .file
+        self.file
             .read_exact_at(&mut bytes, place)
             .map_err(|source| ChunkError::Io {
                 drive: self.number,
@@ -235,82 +161,77 @@ impl DeviceDrive {
     /// Returns the extent of a chunk of `len` payload bytes at `place` to
     /// the free space.
     pub fn release(&self, place: u64, len: usize) {
-        let end = place + extent_len(super::HEADER_LEN + len);
-        self.free().insert(place..end);
+        let end = place.saturating_add(extent_len(HEADER_LEN + len));
+        if place < end {
+            self.free().insert(place..end);
+        }
     }
 }
 
-/// The free space of a drive holding no chunks: all of its chunk area.
-fn all_free(opened: &Opened) -> RangeSet<u64> {
-    let mut free = RangeSet::new();
-    free.insert(DATA_START..opened.capacity);
-    free
-}
-
-/// Removes the extent of a chunk of `len` payload bytes at `place` from
-/// `free`; fails if it is not wholly free.
-fn take_extent(free: &mut RangeSet<u64>, place: u64, len: usize) -> anyhow::Result<()> {
-    let end = place.saturating_add(extent_len(super::HEADER_LEN + len));
-    let whole = place % EXTENT_ALIGN == 0 && free.get(&place).is_some_and(|r| r.end >= end);
-    anyhow::ensure!(
-        whole,
-        "the catalog places a chunk at bytes {place}..{end}, which overlap another chunk or lie off the drive's chunk area"
-    );
-    free.remove(place..end);
-    Ok(())
-}
-
-/// Opens the device at `path` as drive `number`: checks its label, or
-/// formats it if it is blank.
-fn open_device(number: usize, path: &std::path::Path) -> anyhow::Result<Opened> {
+/// Opens the device at `path` as drive `number` of pool `pool`, checks its
+/// label or labels a blank one (if `may_label`); returns it and its
+/// capacity.
+fn open_device(
+    number: usize,
+    path: &Path,
+    pool: &[u8; 16],
+    may_label: bool,
+) -> anyhow::Result<(File, u64)> {
     let shown = path.display();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open drive {number} ({shown})"))?;
-    let size = file
-        .seek(SeekFrom::End(0))
-        .with_context(|| format!("cannot size drive {number} ({shown})"))?;
+    let metadata = std::fs::metadata(path).context("cannot find it")?;
+    let block_device = metadata.file_type().is_block_device();
     anyhow::ensure!(
-        size >= DATA_START + 16 * EXTENT_ALIGN,
-        "drive {number} ({shown}) is {size} bytes: too small for a pool drive"
+        block_device || metadata.is_file(),
+        "it is neither a block device nor a regular file"
+    );
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if block_device {
+        // Exclusive: fails while it is mounted or opened so elsewhere.
+        options.custom_flags(libc::O_EXCL);
+    }
+    let mut file = options
+        .open(path)
+        .context("cannot open it (in use elsewhere?)")?;
+    if !block_device {
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .context("cannot lock it: another process uses it")?;
+    }
+    let size = file.seek(SeekFrom::End(0)).context("cannot size it")?;
+    anyhow::ensure!(
+        size >= MIN_DEVICE_CAPACITY,
+        "it is {size} bytes: too small for a pool drive"
     );
     let mut head = vec![0u8; DATA_START as usize];
     file.read_exact_at(&mut head, 0)
-        .with_context(|| format!("cannot read the label of drive {number} ({shown})"))?;
-    let label = decode_label(&head)
-        .map_err(|why| anyhow::anyhow!("drive {number} ({shown}) has a damaged label: {why}"))?;
-    let capacity = match label {
-        Some(label) => {
-            anyhow::ensure!(
-                usize::from(label.number) == number,
-                "{shown} is labelled drive {} of a pool, not drive {number}: check the order of the --drive list",
-                label.number
-            );
-            anyhow::ensure!(
-                label.capacity <= size,
-                "drive {number} ({shown}) is {size} bytes, smaller than the {} its label records",
-                label.capacity
-            );
+        .context("cannot read its label")?;
+    let label = decode_label(&head).map_err(|why| anyhow::anyhow!("damaged label: {why}"))?;
+    if let Some(label) = label {
+        check_label(&label, pool, number, DriveKind::Device).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            label.capacity <= size,
+            "it is {size} bytes, smaller than the {} its label records",
             label.capacity
-        }
-        None => {
-            anyhow::ensure!(
-                head.iter().all(|&b| b == 0),
-                "drive {number} ({shown}) is not a Strata drive and is not blank; if its contents may go, zero its first MiB (dd if=/dev/zero of={shown} bs=1M count=1) to give it to the pool"
-            );
-            let number16 = u16::try_from(number).context("too many drives")?;
-            let label = DriveLabel {
-                number: number16,
-                capacity: size / EXTENT_ALIGN * EXTENT_ALIGN,
-            };
-            file.write_all_at(&encode_label(&label), 0)
-                .and_then(|()| file.sync_data())
-                .with_context(|| format!("cannot label drive {number} ({shown})"))?;
-            tracing::info!(drive = number, path = %shown, capacity = label.capacity, "formatted a blank device drive");
-            label.capacity
-        }
+        );
+        return Ok((file, label.capacity));
+    }
+    anyhow::ensure!(
+        may_label,
+        "it has no label: the drive the pool used is not there (a replaced disk is taken into use by 'strata drive replace {number}')"
+    );
+    anyhow::ensure!(
+        head.iter().all(|&b| b == 0),
+        "it is not a Strata drive and is not blank; if its contents may go, zero its first MiB (dd if=/dev/zero of={shown} bs=1M count=1) to give it to the pool"
+    );
+    let label = DriveLabel {
+        pool: *pool,
+        number: u16::try_from(number).context("too many drives")?,
+        kind: DriveKind::Device,
+        capacity: size / EXTENT_ALIGN * EXTENT_ALIGN,
     };
-    Ok(Opened { file, capacity })
+    file.write_all_at(&encode_label(&label), 0)
+        .and_then(|()| file.sync_data())
+        .context("cannot write its label")?;
+    tracing::info!(drive = number, path = %shown, capacity = label.capacity, "labelled a blank device drive");
+    Ok((file, label.capacity))
 }

@@ -4,12 +4,25 @@
 //! hex>.<gen>.<i>` (`gen`: how often a rebuild rewrote the stripe). A chunk
 //! is written once, to a temporary name, synced and renamed into place, so
 //! a crash leaves either no chunk or a whole one.
+//!
+//! The drive's label (see [`super::label`]) is the file `drive-label`. A
+//! directory without one is labelled only when that is allowed (a drive the
+//! pool has never used, whatever it holds, or one the administrator
+//! replaced); otherwise it is not the drive the pool used (its disk not
+//! mounted, say) and is not written to. Nothing creates a drive's directory
+//! behind the pool's back: chunk directories are made one level at a time.
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
+use super::label::{check_label, decode_label, encode_label, DriveKind, DriveLabel, LABEL_LEN};
 use super::{ChunkError, ChunkId};
+
+/// The label's file in a directory drive.
+const LABEL_FILE: &str = "drive-label";
 
 /// A drive that is a directory.
 #[derive(Debug)]
@@ -19,23 +32,18 @@ pub struct DirectoryDrive {
 }
 
 impl DirectoryDrive {
-    /// Opens (creating if needed) directory `path` as drive `number`.
-    pub fn open(number: usize, path: PathBuf) -> anyhow::Result<DirectoryDrive> {
-        let drive = DirectoryDrive { number, path };
-        drive.create()?;
-        Ok(drive)
-    }
-
-    /// Creates the drive's directory if it is missing (a new file system
-    /// mounted on a replaced disk's mount point, say).
-    pub fn create(&self) -> anyhow::Result<()> {
-        fs::create_dir_all(&self.path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create drive directory {} of drive {}: {e}",
-                self.path.display(),
-                self.number
-            )
-        })
+    /// Opens directory `path` as drive `number` of pool `pool`: checks its
+    /// label, or (if `may_label`) creates the directory as needed and
+    /// labels it.
+    pub fn open(
+        number: usize,
+        path: PathBuf,
+        pool: &[u8; 16],
+        may_label: bool,
+    ) -> anyhow::Result<DirectoryDrive> {
+        open_directory(number, &path, pool, may_label)
+            .with_context(|| format!("drive {number} ({})", path.display()))?;
+        Ok(DirectoryDrive { number, path })
     }
 
     /// The path of `chunk`'s file.
@@ -60,10 +68,14 @@ impl DirectoryDrive {
         let path = self.chunk_path(chunk);
         let dir = path.parent().unwrap_or(&self.path);
         if !dir.exists() {
-            // The new directory's name must be durable too.
-            fs::create_dir_all(dir)
-                .and_then(|()| fs::File::open(&self.path)?.sync_all())
-                .map_err(self.io_error("creating a chunk directory"))?;
+            // One level only: if the drive's directory went, so does the
+            // write. The new directory's name must be durable too.
+            match fs::create_dir(dir) {
+                Ok(()) => fs::File::open(&self.path).and_then(|d| d.sync_all()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(e),
+            }
+            .map_err(self.io_error("creating a chunk directory"))?;
         }
         let tmp = path.with_extension(format!("{}.tmp", chunk.index));
         let mut file = fs::File::create(&tmp).map_err(self.io_error("creating a chunk"))?;
@@ -102,5 +114,52 @@ impl DirectoryDrive {
                 tracing::warn!(drive = self.number, %chunk, error = %e, "cannot delete an old chunk")
             }
         }
+    }
+}
+
+/// Checks the label of directory `path` as drive `number` of pool `pool`,
+/// or labels it (creating it if needed) when it has none and `may_label`.
+fn open_directory(
+    number: usize,
+    path: &Path,
+    pool: &[u8; 16],
+    may_label: bool,
+) -> anyhow::Result<()> {
+    let label_path = path.join(LABEL_FILE);
+    match fs::read(&label_path) {
+        Ok(bytes) => {
+            anyhow::ensure!(
+                bytes.len() == LABEL_LEN,
+                "its label is {} bytes",
+                bytes.len()
+            );
+            let label = decode_label(&bytes)
+                .map_err(|why| anyhow::anyhow!("damaged label: {why}"))?
+                .context("its label file holds no label")?;
+            check_label(&label, pool, number, DriveKind::Directory).map_err(anyhow::Error::msg)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            anyhow::ensure!(
+                may_label,
+                "it has no label: the drive the pool used is not there (is its disk mounted? a replaced disk is taken into use by 'strata drive replace {number}')"
+            );
+            fs::create_dir_all(path).context("cannot create it")?;
+            let label = DriveLabel {
+                pool: *pool,
+                number: u16::try_from(number).context("too many drives")?,
+                kind: DriveKind::Directory,
+                capacity: 0,
+            };
+            let tmp = path.join(format!("{LABEL_FILE}.tmp"));
+            let mut file = fs::File::create(&tmp).context("cannot write its label")?;
+            file.write_all(&encode_label(&label))
+                .and_then(|()| file.sync_all())
+                .and_then(|()| fs::rename(&tmp, &label_path))
+                .and_then(|()| fs::File::open(path)?.sync_all())
+                .context("cannot write its label")?;
+            tracing::info!(drive = number, path = %path.display(), "labelled a directory drive");
+            Ok(())
+        }
+        Err(e) => Err(e).context("cannot read its label"),
     }
 }

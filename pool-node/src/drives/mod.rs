@@ -4,8 +4,16 @@
 //! default makes six under the data directory), holding one file per chunk
 //! ([`directory`]), or a **block device** (or a regular file of fixed size
 //! standing in for one), holding chunks in extents it allocates
-//! ([`device`]). `--drive PATH` picks by what PATH is: an existing block
-//! device or regular file is a device drive, anything else a directory.
+//! ([`device`]). The first time the pool sees a drive, `--drive PATH` picks
+//! by what PATH is: an existing block device or regular file is a device
+//! drive, anything else a directory; the catalog then remembers the kind,
+//! and every drive carries a label naming the pool and its number
+//! ([`label`]).
+//!
+//! A drive that cannot be opened as what it was (gone, not mounted, its
+//! label damaged or another pool's, an I/O error) is **offline**: the pool
+//! runs without it, reading its chunks from the others, and `strata drive
+//! replace` tries it again.
 //!
 //! Either way a chunk is stored as a 32-byte header (magic, stripe u64,
 //! index u8, zero u8, generation u16, length u32, xxh3 of the payload u64)
@@ -20,15 +28,17 @@
 
 mod device;
 mod directory;
+mod label;
 
 use std::fmt;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use strata_common::erasure::chunk_checksum;
 
-pub use device::{decode_label, encode_label, DriveLabel};
+pub use label::{decode_label, encode_label, DriveKind, DriveLabel};
 
 use device::DeviceDrive;
 use directory::DirectoryDrive;
@@ -71,7 +81,7 @@ pub struct ChunkSlot {
 /// Why a chunk cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkError {
-    /// There is no such chunk (or no such drive).
+    /// There is no such chunk (or no such drive, or it is offline).
     #[error("chunk {chunk} is missing from drive {drive}")]
     Missing {
         /// The drive.
@@ -99,6 +109,14 @@ pub enum ChunkError {
         /// The extent asked for.
         len: u64,
     },
+    /// The drive is offline.
+    #[error("drive {drive} is offline: {why}")]
+    Offline {
+        /// The drive.
+        drive: usize,
+        /// Why.
+        why: String,
+    },
     /// The drive could not be read or written.
     #[error("drive {drive} ({path}): {what}: {source}")]
     Io {
@@ -114,38 +132,42 @@ pub enum ChunkError {
     },
 }
 
-/// One drive of the pool.
+/// One drive of the pool, as opened.
 #[derive(Debug)]
 enum Drive {
     Directory(DirectoryDrive),
     Device(DeviceDrive),
+    /// Not usable; why.
+    Offline(String),
 }
 
 /// The pool's drives.
 #[derive(Debug)]
 pub struct Drives {
-    drives: Vec<Drive>,
+    pool: [u8; 16],
+    paths: Vec<PathBuf>,
+    drives: Vec<RwLock<Drive>>,
 }
 
 impl Drives {
-    /// Opens the drives `paths`, in order (drive 0 first): existing block
-    /// devices and regular files as device drives (formatting a blank one),
-    /// anything else as a directory drive (created if needed).
-    pub fn open(paths: Vec<PathBuf>) -> anyhow::Result<Drives> {
+    /// Opens the drives `paths` of pool `pool`, in order (drive 0 first);
+    /// `known[i]` is the kind the catalog recorded for drive `i` (`None`:
+    /// the pool never used it, so it may be labelled). A drive that cannot
+    /// be opened is offline, not an error: the pool runs without it.
+    pub fn open(pool: [u8; 16], paths: Vec<PathBuf>, known: &[Option<DriveKind>]) -> Drives {
         let drives = paths
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(number, path)| {
-                let is_device = std::fs::metadata(&path)
-                    .is_ok_and(|m| m.file_type().is_block_device() || m.is_file());
-                Ok(if is_device {
-                    Drive::Device(DeviceDrive::open(number, path)?)
-                } else {
-                    Drive::Directory(DirectoryDrive::open(number, path)?)
-                })
+                let known = known.get(number).copied().flatten();
+                RwLock::new(open_drive(&pool, number, path, known, known.is_none()))
             })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Drives { drives })
+            .collect();
+        Drives {
+            pool,
+            paths,
+            drives,
+        }
     }
 
     /// The six directory drives of a data directory with no drive list.
@@ -165,40 +187,88 @@ impl Drives {
         self.drives.is_empty()
     }
 
-    fn drive(&self, drive: usize, chunk: ChunkId) -> Result<&Drive, ChunkError> {
+    fn drive(&self, drive: usize) -> Option<RwLockReadGuard<'_, Drive>> {
         self.drives
             .get(drive)
-            .ok_or(ChunkError::Missing { drive, chunk })
+            .map(|d| d.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Marks `slot`'s extent in use, as the catalog records it (when the
-    /// pool opens). Fails if it overlaps another or lies off the drive:
-    /// the catalog and the drive disagree. A drive the pool no longer has
-    /// (the drive list got shorter) counts as failed, not as an error.
-    pub fn reserve(&self, slot: &ChunkSlot) -> anyhow::Result<()> {
-        match self.drives.get(slot.drive) {
-            Some(Drive::Device(device)) => device.reserve(slot.place, slot.len),
-            Some(Drive::Directory(_)) | None => Ok(()),
-        }
+    /// What each drive is, `None` where it is offline.
+    pub fn kinds(&self) -> Vec<Option<DriveKind>> {
+        (0..self.len())
+            .map(|d| match self.drive(d).as_deref() {
+                Some(Drive::Directory(_)) => Some(DriveKind::Directory),
+                Some(Drive::Device(_)) => Some(DriveKind::Device),
+                Some(Drive::Offline(_)) | None => None,
+            })
+            .collect()
     }
 
-    /// Takes drive `drive` into use again (a replaced disk): a directory is
-    /// created if missing; a device is opened again (formatted if blank)
-    /// with only the extents of `in_use`, the catalog's chunks on it, in
-    /// use. The drive must be marked failed meanwhile.
-    pub fn reopen(&self, drive: usize, in_use: &[ChunkSlot]) -> anyhow::Result<()> {
-        match self.drives.get(drive) {
-            None => anyhow::bail!("no drive {drive}"),
-            Some(Drive::Directory(dir)) => dir.create(),
-            Some(Drive::Device(device)) => {
-                let extents: Vec<(u64, usize)> = in_use
-                    .iter()
-                    .filter(|slot| slot.drive == drive)
-                    .map(|slot| (slot.place, slot.len))
-                    .collect();
-                device.reopen(&extents)
+    /// Why each drive is offline, `None` where it is not.
+    pub fn offline(&self) -> Vec<Option<String>> {
+        (0..self.len())
+            .map(|d| match self.drive(d).as_deref() {
+                Some(Drive::Offline(why)) => Some(why.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Marks the extents of `slots` (every chunk the catalog names) in use
+    /// on their device drives, when the pool opens. A drive whose chunks
+    /// overlap or lie off it (a smaller disk swapped in, say) goes offline.
+    /// Slots on drives the pool no longer has are skipped: those count as
+    /// failed.
+    pub fn reserve_all(&self, slots: impl IntoIterator<Item = ChunkSlot>) {
+        for slot in slots {
+            let Some(lock) = self.drives.get(slot.drive) else {
+                continue;
+            };
+            let result = match &*lock.read().unwrap_or_else(|p| p.into_inner()) {
+                Drive::Device(device) => device.reserve(slot.place, slot.len),
+                Drive::Directory(_) | Drive::Offline(_) => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::error!(drive = slot.drive, error = %format!("{e:#}"), "drive taken offline");
+                *lock.write().unwrap_or_else(|p| p.into_inner()) = Drive::Offline(format!("{e:#}"));
             }
         }
+    }
+
+    /// Opens drive `drive` again (a replaced disk, or one back from being
+    /// offline), labelling it if it has no label, as a drive of kind
+    /// `known` (or whatever its path is, if `None`); the extents of
+    /// `in_use`, the catalog's chunks, are marked in use. No chunk may be
+    /// written meanwhile (the caller holds the pool's write gate). On
+    /// failure the drive is offline.
+    pub fn reopen(
+        &self,
+        drive: usize,
+        known: Option<DriveKind>,
+        in_use: &[ChunkSlot],
+    ) -> anyhow::Result<()> {
+        let (Some(lock), Some(path)) = (self.drives.get(drive), self.paths.get(drive)) else {
+            anyhow::bail!("no drive {drive}");
+        };
+        let mut slot = lock.write().unwrap_or_else(|p| p.into_inner());
+        // Close the old one first: the new open locks the device.
+        *slot = Drive::Offline("being opened again".to_string());
+        let mut opened = open_drive(&self.pool, drive, path, known, true);
+        if let Drive::Device(device) = &opened {
+            let reserved = in_use
+                .iter()
+                .filter(|s| s.drive == drive)
+                .try_for_each(|s| device.reserve(s.place, s.len));
+            if let Err(e) = reserved {
+                opened = Drive::Offline(format!("{e:#}"));
+            }
+        }
+        let result = match &opened {
+            Drive::Offline(why) => Err(anyhow::anyhow!("{why}")),
+            _ => Ok(()),
+        };
+        *slot = opened;
+        result
     }
 
     /// Writes `chunk` to `drive`, durably; returns its place.
@@ -209,17 +279,30 @@ impl Drives {
         payload: &[u8],
     ) -> Result<u64, ChunkError> {
         let image = encode_chunk(chunk, payload);
-        match self.drive(drive, chunk)? {
-            Drive::Directory(dir) => dir.write(chunk, &image).map(|()| 0),
-            Drive::Device(device) => device.write(&image),
+        match self.drive(drive).as_deref() {
+            Some(Drive::Directory(dir)) => dir.write(chunk, &image).map(|()| 0),
+            Some(Drive::Device(device)) => device.write(&image),
+            Some(Drive::Offline(why)) => Err(ChunkError::Offline {
+                drive,
+                why: why.clone(),
+            }),
+            None => Err(ChunkError::Missing { drive, chunk }),
         }
     }
 
     /// Reads and checks the chunk in `slot`.
     pub fn read_chunk(&self, slot: &ChunkSlot) -> Result<Vec<u8>, ChunkError> {
-        let image = match self.drive(slot.drive, slot.chunk)? {
-            Drive::Directory(dir) => dir.read(slot.chunk)?,
-            Drive::Device(device) => device.read(slot.chunk, slot.place, HEADER_LEN + slot.len)?,
+        let image = match self.drive(slot.drive).as_deref() {
+            Some(Drive::Directory(dir)) => dir.read(slot.chunk)?,
+            Some(Drive::Device(device)) => {
+                device.read(slot.chunk, slot.place, HEADER_LEN + slot.len)?
+            }
+            Some(Drive::Offline(_)) | None => {
+                return Err(ChunkError::Missing {
+                    drive: slot.drive,
+                    chunk: slot.chunk,
+                })
+            }
         };
         match decode_chunk(&image, slot.chunk, slot.len) {
             Ok(payload) => Ok(payload.to_vec()),
@@ -235,25 +318,58 @@ impl Drives {
     /// directory drive, its header is right on a device drive (neither
     /// reads the payload).
     pub fn has_chunk(&self, slot: &ChunkSlot) -> bool {
-        match self.drive(slot.drive, slot.chunk) {
-            Ok(Drive::Directory(dir)) => dir.has(slot.chunk),
-            Ok(Drive::Device(device)) => device
+        match self.drive(slot.drive).as_deref() {
+            Some(Drive::Directory(dir)) => dir.has(slot.chunk),
+            Some(Drive::Device(device)) => device
                 .read(slot.chunk, slot.place, HEADER_LEN)
                 .is_ok_and(|header| check_header(&header, slot.chunk, slot.len).is_ok()),
-            Err(_) => false,
+            Some(Drive::Offline(_)) | None => false,
         }
     }
 
-    /// Deletes the chunk in `slot` (one the catalog no longer names): its
-    /// file, or its extent back to the free space. A missing chunk is not
-    /// an error.
+    /// Deletes the chunk in `slot` (one the catalog no longer names, or
+    /// never did): its file, or its extent back to the free space. A
+    /// missing chunk is not an error.
     pub fn remove_chunk(&self, slot: &ChunkSlot) {
-        match self.drive(slot.drive, slot.chunk) {
-            Ok(Drive::Directory(dir)) => dir.remove(slot.chunk),
-            Ok(Drive::Device(device)) => device.release(slot.place, slot.len),
-            Err(_) => {}
+        match self.drive(slot.drive).as_deref() {
+            Some(Drive::Directory(dir)) => dir.remove(slot.chunk),
+            Some(Drive::Device(device)) => device.release(slot.place, slot.len),
+            Some(Drive::Offline(_)) | None => {}
         }
     }
+}
+
+/// Opens `path` as drive `number` of pool `pool`: as a drive of kind
+/// `known`, or, if the pool never used it, of the kind its path suggests.
+/// Offline, with the reason logged, if that fails.
+fn open_drive(
+    pool: &[u8; 16],
+    number: usize,
+    path: &Path,
+    known: Option<DriveKind>,
+    may_label: bool,
+) -> Drive {
+    let kind = known.unwrap_or_else(|| match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() || m.is_file() => DriveKind::Device,
+        _ => DriveKind::Directory,
+    });
+    let opened = match kind {
+        // A device path that is not there is not a directory to create.
+        DriveKind::Directory if path.starts_with("/dev") && !path.exists() => Err(anyhow::anyhow!(
+            "drive {number} ({}): no such device",
+            path.display()
+        )),
+        DriveKind::Directory => {
+            DirectoryDrive::open(number, path.to_path_buf(), pool, may_label).map(Drive::Directory)
+        }
+        DriveKind::Device => {
+            DeviceDrive::open(number, path.to_path_buf(), pool, may_label).map(Drive::Device)
+        }
+    };
+    opened.unwrap_or_else(|e| {
+        tracing::error!(drive = number, path = %path.display(), error = %format!("{e:#}"), "drive offline");
+        Drive::Offline(format!("{e:#}"))
+    })
 }
 
 /// The bytes of `chunk` as stored: header, then `payload`.

@@ -1,8 +1,11 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 
-use super::device::{extent_len, LABEL_LEN};
+use super::device::extent_len;
+use super::label::{LABEL_LEN, MIN_DEVICE_CAPACITY};
 use super::*;
+
+const POOL: [u8; 16] = [7; 16];
 
 fn id(stripe: u64, gen: u16, index: usize) -> ChunkId {
     ChunkId { stripe, gen, index }
@@ -33,7 +36,7 @@ fn mixed(dir: &Path) -> (Drives, Vec<PathBuf>) {
         blank_device(dir, "dev2", 8),
         blank_device(dir, "dev3", 8),
     ];
-    (Drives::open(paths.clone()).unwrap(), paths)
+    (Drives::open(POOL, paths.clone(), &[]), paths)
 }
 
 #[test]
@@ -69,13 +72,13 @@ fn a_written_chunk_reads_back_on_either_kind_of_drive() {
 #[test]
 fn every_damage_to_a_chunk_file_is_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Drives::open(Drives::default_paths(dir.path())).unwrap();
+    let d = Drives::open(POOL, Drives::default_paths(dir.path()), &[]);
     let payload = vec![0x5a; 256];
     let chunk = id(7, 1, 1);
     d.write_chunk(0, chunk, &payload).unwrap();
-    let file_of = |chunk: ChunkId| match &d.drives[0] {
+    let file_of = |chunk: ChunkId| match &*d.drives[0].read().unwrap() {
         Drive::Directory(dir) => dir.chunk_path(chunk),
-        Drive::Device(_) => unreachable!("drive 0 is a directory"),
+        _ => unreachable!("drive 0 is a directory"),
     };
     let path = file_of(chunk);
     let good = fs::read(&path).unwrap();
@@ -185,21 +188,34 @@ fn a_reopened_device_keeps_reserved_extents_and_refuses_overlaps() {
     let (d, paths) = mixed(dir.path());
     let a = d.write_chunk(2, id(1, 0, 0), &[1u8; 5000]).unwrap();
     let b = d.write_chunk(2, id(2, 0, 0), &[2u8; 100]).unwrap();
-    drop(d);
     // The pool opens again: the catalog names chunk 1 only (chunk 2 was
     // written but never recorded, so its extent is free).
-    let d = Drives::open(paths).unwrap();
+    let kinds = d.kinds();
+    drop(d);
+    let mut d = Drives::open(POOL, paths.clone(), &kinds);
     let one = slot(2, id(1, 0, 0), a, 5000);
-    d.reserve(&one).unwrap();
-    assert!(d.reserve(&one).is_err(), "an extent reserved twice");
-    assert!(d.reserve(&slot(2, id(3, 0, 0), a + 4096, 10)).is_err());
-    assert!(d.reserve(&slot(2, id(3, 0, 0), 0, 10)).is_err());
-    assert!(d.reserve(&slot(2, id(3, 0, 0), a + 1, 10)).is_err());
-    assert!(d.reserve(&slot(2, id(3, 0, 0), u64::MAX - 10, 10)).is_err());
+    d.reserve_all([one]);
+    assert_eq!(d.offline(), vec![None; 4]);
     let next = d.write_chunk(2, id(4, 0, 0), &[4u8; 100]).unwrap();
     assert_eq!(next, b, "the unrecorded chunk's extent is reused");
     assert_eq!(d.read_chunk(&one).unwrap(), vec![1u8; 5000]);
     assert_eq!(extent_len(HEADER_LEN + 5000), 8192);
+    // Chunks the catalog says overlap, or lie off the drive, take the
+    // drive offline (the catalog and the drive disagree), whatever else
+    // works.
+    for bad in [
+        slot(2, id(3, 0, 0), a + 4096, 10),
+        slot(2, id(3, 0, 0), 0, 10),
+        slot(2, id(3, 0, 0), a + 1, 10),
+        slot(2, id(3, 0, 0), u64::MAX - 10, 10),
+    ] {
+        drop(d);
+        let fresh = Drives::open(POOL, paths.clone(), &kinds);
+        fresh.reserve_all([one, bad, slot(9, id(1, 0, 0), 0, 10)]);
+        assert!(fresh.offline()[2].is_some(), "{bad:?}");
+        assert_eq!(fresh.offline()[3], None);
+        d = fresh;
+    }
 }
 
 #[test]
@@ -215,7 +231,7 @@ fn a_replaced_blank_device_is_formatted_on_reopen() {
     // The disk is swapped for a blank one of another size.
     fs::remove_file(&paths[3]).unwrap();
     blank_device(dir.path(), "dev3", 12);
-    d.reopen(3, &[kept]).unwrap();
+    d.reopen(3, Some(DriveKind::Device), &[kept]).unwrap();
     assert!(matches!(
         d.read_chunk(&kept),
         Err(ChunkError::Damaged { .. })
@@ -229,13 +245,25 @@ fn a_replaced_blank_device_is_formatted_on_reopen() {
     );
     // Directory drives come back too, even if the directory went.
     fs::remove_dir_all(&paths[1]).unwrap();
-    d.reopen(1, &[]).unwrap();
-    assert!(paths[1].is_dir());
+    d.reopen(1, Some(DriveKind::Directory), &[]).unwrap();
+    assert!(paths[1].join("drive-label").is_file());
+    // A directory where a device was is not taken for one.
+    fs::remove_file(&paths[3]).unwrap();
+    fs::create_dir(&paths[3]).unwrap();
+    assert!(d.reopen(3, Some(DriveKind::Device), &[]).is_err());
+    assert!(d.offline()[3].is_some());
 }
 
 #[test]
-fn devices_that_are_not_blank_or_belong_elsewhere_are_refused() {
+fn drives_that_are_not_blank_or_belong_elsewhere_are_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let open = |number: usize, path: &Path, may_label: bool| {
+        DeviceDrive::open(number, path.to_path_buf(), &POOL, may_label).map(drop)
+    };
+    let refused = |result: anyhow::Result<()>, why: &str| {
+        let err = result.expect_err(why);
+        assert!(format!("{err:#}").contains(why), "{err:#}");
+    };
     // Someone's data in the first MiB.
     let used = blank_device(dir.path(), "used", 8);
     fs::OpenOptions::new()
@@ -244,16 +272,26 @@ fn devices_that_are_not_blank_or_belong_elsewhere_are_refused() {
         .unwrap()
         .write_all_at(b"ext4 superblock, say", 1024)
         .unwrap();
-    let err = DeviceDrive::open(0, used.clone()).unwrap_err();
-    assert!(format!("{err:#}").contains("not blank"), "{err:#}");
+    refused(open(0, &used, true), "not blank");
     // Too small.
     let tiny = blank_device(dir.path(), "tiny", 1);
-    assert!(DeviceDrive::open(0, tiny).is_err());
-    // Labelled as drive 0, opened as drive 1 (the --drive list reordered).
+    refused(open(0, &tiny, true), "too small");
+    // A blank device is labelled only when that is allowed.
     let dev = blank_device(dir.path(), "dev", 8);
-    DeviceDrive::open(0, dev.clone()).unwrap();
-    let err = DeviceDrive::open(1, dev.clone()).unwrap_err();
-    assert!(format!("{err:#}").contains("labelled drive 0"), "{err:#}");
+    refused(open(0, &dev, false), "no label");
+    open(0, &dev, true).unwrap();
+    open(0, &dev, false).unwrap();
+    // Labelled as drive 0, opened as drive 1 (the --drive list reordered),
+    // or by another pool.
+    refused(open(1, &dev, true), "labelled drive 0");
+    refused(
+        DeviceDrive::open(0, dev.clone(), &[8; 16], true).map(drop),
+        "another pool",
+    );
+    // In use by another opener.
+    let held = DeviceDrive::open(0, dev.clone(), &POOL, false).unwrap();
+    refused(open(0, &dev, false), "another process");
+    drop(held);
     // Shrunk below its label's capacity.
     fs::OpenOptions::new()
         .write(true)
@@ -261,20 +299,44 @@ fn devices_that_are_not_blank_or_belong_elsewhere_are_refused() {
         .unwrap()
         .set_len(4 << 20)
         .unwrap();
-    assert!(DeviceDrive::open(0, dev.clone()).is_err());
-    // A damaged label is an error, never a reformat.
+    refused(open(0, &dev, false), "smaller than");
+    // A damaged label is an error, never a relabel.
     let dev = blank_device(dir.path(), "dev-b", 8);
-    DeviceDrive::open(0, dev.clone()).unwrap();
+    open(0, &dev, true).unwrap();
     let file = fs::OpenOptions::new().write(true).open(&dev).unwrap();
-    file.write_all_at(&[0xff], 17).unwrap();
-    let err = DeviceDrive::open(0, dev.clone()).unwrap_err();
-    assert!(format!("{err:#}").contains("damaged label"), "{err:#}");
+    file.write_all_at(&[0xff], 33).unwrap();
+    refused(open(0, &dev, true), "damaged label");
+    // A directory drive: labelled once, then only its own label will do.
+    let d = dir.path().join("dir");
+    let open_dir = |number: usize, pool: &[u8; 16], may_label: bool| {
+        DirectoryDrive::open(number, d.clone(), pool, may_label).map(drop)
+    };
+    refused(open_dir(0, &POOL, false), "no label");
+    open_dir(0, &POOL, true).unwrap();
+    open_dir(0, &POOL, false).unwrap();
+    refused(open_dir(2, &POOL, true), "labelled drive 0");
+    refused(open_dir(0, &[8; 16], true), "another pool");
+    // Drive kinds are kept: a device path that is missing is offline, not
+    // a directory to create.
+    let d = Drives::open(
+        POOL,
+        vec![
+            dir.path().join("gone-device"),
+            "/dev/strata-no-such-disk".into(),
+        ],
+        &[Some(DriveKind::Device), None],
+    );
+    assert!(d.offline().iter().all(Option::is_some));
+    assert!(!dir.path().join("gone-device").exists());
+    assert!(!Path::new("/dev/strata-no-such-disk").exists());
 }
 
 #[test]
 fn every_damage_to_a_label_is_caught() {
     let label = DriveLabel {
+        pool: POOL,
         number: 5,
+        kind: DriveKind::Device,
         capacity: 64 << 20,
     };
     let good = encode_label(&label);
@@ -291,6 +353,20 @@ fn every_damage_to_a_label_is_caught() {
     assert_eq!(decode_label(&bad), Ok(None));
     for cut in 0..LABEL_LEN {
         assert!(decode_label(&good[..cut]).is_err());
+    }
+    // Capacities that do not fit the kind, with a right checksum.
+    for (kind, capacity) in [
+        (DriveKind::Device, MIN_DEVICE_CAPACITY - 4096),
+        (DriveKind::Device, (1 << 20) + 1),
+        (DriveKind::Device, 0),
+        (DriveKind::Directory, 4096),
+    ] {
+        let odd = encode_label(&DriveLabel {
+            kind,
+            capacity,
+            ..label
+        });
+        assert!(decode_label(&odd).is_err(), "{kind:?} of {capacity} bytes");
     }
 }
 

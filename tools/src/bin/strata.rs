@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use strata_common::pki::{ClusterDir, ADMIN_NAME};
-use strata_common::wire::{Request, Response};
+use strata_common::wire::{DriveState, Request, Response};
 use strata_pool::client::PoolClient;
 
 /// Strata's command line for administrators.
@@ -49,7 +49,8 @@ enum DriveCommand {
         /// The drive's number (from `list`).
         drive: u16,
     },
-    /// Puts a (replaced) drive back in service for new stripes.
+    /// Puts a drive back in service for new stripes: a failed one, or an
+    /// offline one (a replaced disk, labelled if it is blank).
     Replace {
         /// The drive's number.
         drive: u16,
@@ -57,6 +58,10 @@ enum DriveCommand {
     /// Rewrites every stripe with a chunk on a failed drive, or missing,
     /// onto the drives in service: full redundancy again.
     Rebuild,
+    /// Reads every chunk of every stripe and checks it, rewriting stripes
+    /// with a damaged or missing chunk; fails if a stripe cannot be
+    /// restored.
+    Scrub,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +127,7 @@ fn drive(cluster: &ClusterDir, pool: SocketAddr, command: &DriveCommand) -> anyh
             failed: false,
         },
         DriveCommand::Rebuild => Request::Rebuild,
+        DriveCommand::Scrub => Request::Scrub,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,20 +140,38 @@ fn drive(cluster: &ClusterDir, pool: SocketAddr, command: &DriveCommand) -> anyh
         Response::Drives {
             max_data_chunks,
             degraded_stripes,
-            failed,
+            drives,
         } => {
             println!("DRIVE  STATE");
-            for (drive, failed) in failed.iter().enumerate() {
-                println!(
-                    "{drive:>5}  {}",
-                    if *failed { "failed" } else { "in service" }
-                );
+            for (drive, state) in drives.iter().enumerate() {
+                let state = match state {
+                    DriveState::InService => "in service",
+                    DriveState::Failed => "failed",
+                    DriveState::Offline => "offline (see the pool's log; 'replace' tries it again)",
+                };
+                println!("{drive:>5}  {state}");
             }
             println!(
                 "new stripes: {max_data_chunks} data + 2 parity chunks; stripes to rebuild: {degraded_stripes}"
             );
         }
         Response::Rebuilt { stripes } => println!("rebuilt {stripes} stripes"),
+        Response::Scrubbed {
+            stripes,
+            chunks,
+            bad_chunks,
+            repaired,
+            unreadable,
+        } => {
+            println!(
+                "scrubbed {stripes} stripes: {chunks} chunks checked, {bad_chunks} bad, {repaired} stripes repaired, {unreadable} unreadable"
+            );
+            if unreadable > 0 {
+                bail!(
+                    "{unreadable} stripes have too few good chunks to restore (see the pool's log)"
+                );
+            }
+        }
         Response::Error { message, .. } => bail!("pool {pool}: {message}"),
         other => bail!("pool {pool} answered {other:?}"),
     }

@@ -111,6 +111,9 @@ pub struct Counters {
     pub frames_fetched: AtomicU64,
     /// Bad frames on flash replaced by the pool's copy.
     pub frames_repaired: AtomicU64,
+    /// Those of them whose copy came from an NVLOG record (not destaged
+    /// yet).
+    pub frames_repaired_from_nvlog: AtomicU64,
     /// Frames the cleaner dropped from the flash because the pool holds
     /// them (the flash is a cache on a pool).
     pub frames_evicted: AtomicU64,

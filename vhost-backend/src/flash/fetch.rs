@@ -161,7 +161,7 @@ impl Core {
         let Some(reads) = &self.pool_reads else {
             return Ok(None);
         };
-        let Some(bytes) = pool_copy(reads, fingerprint)? else {
+        let Some((bytes, from_nvlog)) = pool_copy(reads, fingerprint)? else {
             return Ok(None);
         };
         if !check(&bytes) {
@@ -173,15 +173,24 @@ impl Core {
         self.counters
             .frames_repaired
             .fetch_add(1, Ordering::Relaxed);
+        if from_nvlog {
+            self.counters
+                .frames_repaired_from_nvlog
+                .fetch_add(1, Ordering::Relaxed);
+        }
         tracing::warn!(%fingerprint, "bad frame on flash replaced by the pool's copy");
         Ok(Some(bytes))
     }
 }
 
-/// The pool's copy of frame `fingerprint`: from the stripes, else from the
-/// NVLOG record that logged it (if a destage truncated that record in
-/// between, the stripes have the frame by then).
-fn pool_copy(reads: &PoolReads, fingerprint: &Fingerprint) -> Result<Option<Vec<u8>>, StoreError> {
+/// The pool's copy of frame `fingerprint`, and whether it came from an
+/// NVLOG record: from the stripes, else from the record that logged it
+/// (if a destage truncated that record in between, the stripes have the
+/// frame by then).
+fn pool_copy(
+    reads: &PoolReads,
+    fingerprint: &Fingerprint,
+) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
     let from_stripes = |reads: &PoolReads| -> Result<Option<Vec<u8>>, StoreError> {
         Ok(reads
             .get(std::slice::from_ref(fingerprint))?
@@ -189,7 +198,7 @@ fn pool_copy(reads: &PoolReads, fingerprint: &Fingerprint) -> Result<Option<Vec<
             .flatten())
     };
     if let Some(bytes) = from_stripes(reads)? {
-        return Ok(Some(bytes));
+        return Ok(Some((bytes, false)));
     }
     let Some(seq) = reads.logged.record_of(fingerprint) else {
         return Ok(None);
@@ -197,8 +206,8 @@ fn pool_copy(reads: &PoolReads, fingerprint: &Fingerprint) -> Result<Option<Vec<
     match reads.get_logged(seq, fingerprint)? {
         Some(bytes) => {
             tracing::info!(%fingerprint, seq, "the stripes lack a bad frame: its copy comes from the NVLOG");
-            Ok(Some(bytes))
+            Ok(Some((bytes, true)))
         }
-        None => from_stripes(reads),
+        None => Ok(from_stripes(reads)?.map(|bytes| (bytes, false))),
     }
 }

@@ -3,55 +3,63 @@
 //! On a pool, a frame written since the last destage exists twice: on the
 //! host's flash and in the NVLOG record that logged it; the pool's stripes
 //! get it only at the next destage. When the flash copy fails verification
-//! in that window, the stripes cannot help; this index names the record to
-//! read back from the pool instead. Frames are noted when their record is
-//! appended (or replayed into a fresh flash at start) and forgotten when a
-//! destage truncates the log past that record, by which time the stripes
-//! hold them.
+//! in that window, the stripes cannot help; this list names the record to
+//! read back from the pool instead. A record's frames are noted when it is
+//! appended (or replayed into a fresh flash at start) and forgotten, oldest
+//! first, when a destage truncates the log past it, by which time the
+//! stripes hold them.
 //!
-//! It costs about 50 bytes of RAM per frame logged since the last destage:
-//! the NVLOG quota bounds it (a 1 GiB quota of 4 KiB writes: about 13 MiB).
+//! It costs 32 bytes of RAM per frame logged since the last destage: with
+//! the default 1 GiB NVLOG quota, 8 MiB for incompressible 4 KiB writes and
+//! up to about 170 MiB when every block compresses to 200 bytes. Only a
+//! repair looks a frame up, which scans the list, newest record first.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use rustc_hash::FxHashMap;
 use strata_common::fingerprint::Fingerprint;
 use strata_common::frame::FrameHeader;
 use strata_common::ondisk::{decode_batch, BatchItem};
 
-/// Fingerprint to the sequence number of the NVLOG record that logged it.
+/// The frames of each NVLOG record not yet truncated, oldest record first.
 #[derive(Default)]
 pub struct NvlogFrames {
-    records: Mutex<FxHashMap<Fingerprint, u64>>,
+    records: Mutex<VecDeque<(u64, Vec<Fingerprint>)>>,
 }
 
 impl NvlogFrames {
-    /// Notes that record `seq` logged the frames `fingerprints`. A frame
-    /// logged again keeps the newer record, which a truncation reaches
-    /// last.
-    pub fn note(&self, seq: u64, fingerprints: impl IntoIterator<Item = Fingerprint>) {
-        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        for fingerprint in fingerprints {
-            records.insert(fingerprint, seq);
+    fn records(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Vec<Fingerprint>)>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that record `seq` (above every record noted before) logged the
+    /// frames `fingerprints`.
+    pub fn note(&self, seq: u64, fingerprints: Vec<Fingerprint>) {
+        if !fingerprints.is_empty() {
+            self.records().push_back((seq, fingerprints));
         }
     }
 
     /// Forgets the frames of records up to `seq` (truncated: the stripes
     /// hold them now).
     pub fn forget_through(&self, seq: u64) {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, logged| *logged > seq);
+        let mut records = self.records();
+        while records.front().is_some_and(|(logged, _)| *logged <= seq) {
+            records.pop_front();
+        }
+        if records.capacity() > 4 * records.len() + 64 {
+            records.shrink_to_fit();
+        }
     }
 
-    /// The record that logged `fingerprint`, if it is not truncated yet.
+    /// The newest record that logged `fingerprint`, if it is not truncated
+    /// yet.
     pub fn record_of(&self, fingerprint: &Fingerprint) -> Option<u64> {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(fingerprint)
-            .copied()
+        self.records()
+            .iter()
+            .rev()
+            .find(|(_, frames)| frames.contains(fingerprint))
+            .map(|(seq, _)| *seq)
     }
 }
 
@@ -128,7 +136,8 @@ mod tests {
 
         let logged = NvlogFrames::default();
         logged.note(4, frames_of_batch(&body));
-        logged.note(7, [c, a]);
+        logged.note(5, Vec::new());
+        logged.note(7, vec![c, a]);
         assert_eq!(logged.record_of(&a), Some(7), "the newer record wins");
         assert_eq!(logged.record_of(&b), Some(4));
         logged.forget_through(4);
