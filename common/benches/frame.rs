@@ -149,6 +149,13 @@ fn bench(c: &mut Criterion) {
                     .expect("decode")
             })
         });
+        g.bench_function("decode_authenticated", |b| {
+            b.iter(|| {
+                codec
+                    .decode_authenticated(black_box(&frame), &fp, &mut plain)
+                    .expect("decode")
+            })
+        });
         g.finish();
     }
 }

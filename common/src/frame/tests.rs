@@ -207,6 +207,49 @@ fn encode_fingerprinted_with_wrong_fingerprint_fails_decode() {
         decode(&c, &out, &wrong),
         Err(FrameError::ContentMismatch { .. })
     ));
+    // Sealed with the key, such a frame is authentic to the tag: only the
+    // full decode, the one frames from outside the store get, catches it.
+    let mut block = [0u8; BLOCK_SIZE];
+    c.decode_authenticated(&out, &wrong, &mut block)
+        .expect("authentic");
+    assert_eq!(block, b);
+}
+
+#[test]
+fn decode_authenticated_checks_everything_but_the_content_hash() {
+    let c = codec();
+    for b in [text_block(21), random_block(21)] {
+        let (frame, fp) = encode(&c, &b);
+        let mut block = [0u8; BLOCK_SIZE];
+        c.decode_authenticated(&frame, &fp, &mut block)
+            .expect("decode");
+        assert_eq!(block, b);
+        // Every flipped byte, and another expected fingerprint, fail, and
+        // leave no plaintext behind.
+        for at in 0..frame.len() {
+            let mut bad = frame.clone();
+            bad[at] ^= 0x04;
+            let mut block = [0xaa; BLOCK_SIZE];
+            assert!(
+                c.decode_authenticated(&bad, &fp, &mut block).is_err(),
+                "byte {at}"
+            );
+            assert_eq!(block, [0; BLOCK_SIZE]);
+        }
+        let other = c.fingerprint(&text_block(22));
+        assert!(matches!(
+            c.decode_authenticated(&frame, &other, &mut block),
+            Err(FrameError::WrongFingerprint { .. })
+        ));
+        let wrong_data = FrameCodec::new(&FrameKeys {
+            data_key: [0x55; 32],
+            ..KEYS
+        });
+        assert!(matches!(
+            wrong_data.decode_authenticated(&frame, &fp, &mut block),
+            Err(FrameError::Decrypt)
+        ));
+    }
 }
 
 #[test]

@@ -168,7 +168,11 @@ impl BlockReader {
         frame: &[u8],
         block: &mut [u8; BLOCK_SIZE],
     ) -> io::Result<()> {
-        let Err(e) = self.core.codec.decode(frame, fingerprint, block) else {
+        let Err(e) = self
+            .core
+            .codec
+            .decode_authenticated(frame, fingerprint, block)
+        else {
             return Ok(());
         };
         self.core
@@ -251,7 +255,7 @@ impl BlockReader {
             let raced = |location: Option<Location>| {
                 location.is_some_and(|l| self.moved(&fp, &l)) && attempts < LOOKUP_ATTEMPTS
             };
-            match self.core.codec.decode(&frame, &fp, block) {
+            match self.core.codec.decode_authenticated(&frame, &fp, block) {
                 Ok(()) => return Ok(()),
                 Err(_) if raced(location) => continue,
                 Err(_) => return self.decode(lba, &fp, &frame, block),
@@ -292,7 +296,11 @@ impl BlockReader {
             ))
         } else {
             let frame = &read.buf.as_slice()[read.skip..frame_end];
-            match self.core.codec.decode(frame, &read.fingerprint, &mut block) {
+            match self
+                .core
+                .codec
+                .decode_authenticated(frame, &read.fingerprint, &mut block)
+            {
                 Ok(()) => Ok(()),
                 // The cleaner may have moved the frame (and reused its
                 // place) between lookup and read: look it up again.

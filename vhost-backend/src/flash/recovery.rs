@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rustc_hash::{FxHashMap, FxHashSet};
-use strata_common::fingerprint::Fingerprint;
+use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
 use strata_common::frame::verify_checksum;
 use strata_common::map::{MapError, Visit, Walk};
 use strata_common::ondisk::{
@@ -177,6 +177,14 @@ pub fn refill_from_pool(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<
                     .with_context(|| format!("NVLOG record {seq}: a damaged frame"))?;
                 logged.push(header.fingerprint);
                 if wanted.remove(&header.fingerprint) {
+                    // In full, as every frame from the pool: reads from
+                    // the flash then only check the tag.
+                    let mut block = [0u8; BLOCK_SIZE];
+                    core.codec
+                        .decode(frame, &header.fingerprint, &mut block)
+                        .with_context(|| {
+                            format!("NVLOG record {seq}: a frame that fails to decode")
+                        })?;
                     store_frame(shared, header.fingerprint, frame)?;
                 }
             }

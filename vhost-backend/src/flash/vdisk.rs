@@ -257,8 +257,11 @@ impl StoreVdisk {
         let count = (FANOUT as u64).min(self.block_count - start);
         let mut fps = Vec::with_capacity(count as usize);
         self.fingerprints(start, count, &mut fps)?;
+        // In full, content hash included: reads from the flash then only
+        // check the tag (see `FrameCodec::decode_authenticated`).
         let check = |fp: &Fingerprint, frame: &[u8]| {
-            strata_common::frame::verify_checksum(frame).is_ok_and(|h| h.fingerprint == *fp)
+            let mut block = [0u8; BLOCK_SIZE];
+            self.core.codec.decode(frame, fp, &mut block).is_ok()
         };
         // Room for them all, as for a write (the cleaner evicts what the
         // pool holds to make it).
