@@ -221,10 +221,11 @@ impl Catalog {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(DRIVE_KINDS)?;
         (0..count)
-            .map(|d| {
-                Ok(table
-                    .get(d as u16)?
-                    .and_then(|v| DriveKind::from_code(v.value())))
+            .map(|d| match table.get(d as u16)? {
+                None => Ok(None),
+                Some(v) => DriveKind::from_code(v.value())
+                    .map(Some)
+                    .with_context(|| format!("drive {d}'s kind is recorded as {}", v.value())),
             })
             .collect()
     }

@@ -95,14 +95,23 @@ impl StripeStore {
         );
         let catalog = Catalog::open(data_dir)?;
         let known = catalog.drive_kinds(drive_paths.len())?;
-        let drives = Drives::open(catalog.pool_id()?, drive_paths, &known);
+        let stripes = catalog.stripes()?;
+        let mut used: Vec<Option<ChunkSlot>> = vec![None; drive_paths.len()];
+        for slot in stripes
+            .iter()
+            .flat_map(|(id, record)| chunk_slots(*id, record))
+        {
+            if let Some(first @ None) = used.get_mut(slot.drive) {
+                *first = Some(slot);
+            }
+        }
+        let drives = Drives::open(catalog.pool_id()?, drive_paths, &known, &used);
         for (drive, (kind, known)) in drives.kinds().into_iter().zip(&known).enumerate() {
             if let (Some(kind), None) = (kind, known) {
                 catalog.set_drive_kind(drive, kind)?;
             }
         }
         // Device drives learn which of their extents hold chunks.
-        let stripes = catalog.stripes()?;
         drives.reserve_all(
             stripes
                 .iter()
@@ -173,10 +182,10 @@ impl StripeStore {
             .min(MAX_DATA_CHUNKS)
     }
 
-    /// Marks `drive` failed or back in service. A drive that comes back
-    /// from failed or offline (a replaced disk) is opened again first: a
-    /// blank one is labelled; one that cannot be opened stays out of
-    /// service, and the error says why.
+    /// Marks `drive` failed or back in service. A drive put in service is
+    /// opened again first (a replaced disk, failed or offline or even swapped
+    /// while in service): one without a label is labelled; one that cannot
+    /// be opened stays out of service, and the error says why.
     pub fn set_drive(&self, drive: usize, failed: bool) -> Result<DriveReport, StripeError> {
         if drive >= self.drives.len() {
             return Err(StripeError::Bad(format!(
@@ -184,7 +193,7 @@ impl StripeStore {
                 self.drives.len() - 1
             )));
         }
-        if !failed && self.failed()[drive] {
+        if !failed {
             let _no_writes = self.writes.write().unwrap_or_else(|p| p.into_inner());
             let in_use: Vec<ChunkSlot> = self
                 .catalog

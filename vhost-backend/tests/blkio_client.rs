@@ -1728,6 +1728,7 @@ fn first_chunk_file(dir: &Path) -> PathBuf {
     let mut subdirs: Vec<PathBuf> = fs::read_dir(dir)
         .expect("listing a drive")
         .map(|e| e.expect("listing a drive").path())
+        .filter(|p| p.is_dir())
         .collect();
     subdirs.sort();
     for sub in subdirs {

@@ -48,9 +48,7 @@ impl DirectoryDrive {
 
     /// The path of `chunk`'s file.
     pub fn chunk_path(&self, chunk: ChunkId) -> PathBuf {
-        self.path
-            .join(format!("{:x}", chunk.stripe >> 12))
-            .join(format!("{:x}.{}.{}", chunk.stripe, chunk.gen, chunk.index))
+        chunk_file(&self.path, chunk)
     }
 
     fn io_error(&self, what: &'static str) -> impl FnOnce(io::Error) -> ChunkError {
@@ -115,6 +113,12 @@ impl DirectoryDrive {
             }
         }
     }
+}
+
+/// The path of `chunk`'s file in the drive directory `root`.
+pub fn chunk_file(root: &Path, chunk: ChunkId) -> PathBuf {
+    root.join(format!("{:x}", chunk.stripe >> 12))
+        .join(format!("{:x}.{}.{}", chunk.stripe, chunk.gen, chunk.index))
 }
 
 /// Checks the label of directory `path` as drive `number` of pool `pool`,

@@ -34,7 +34,7 @@ use std::fmt;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use strata_common::erasure::chunk_checksum;
 
@@ -141,33 +141,80 @@ enum Drive {
     Offline(String),
 }
 
+impl Drive {
+    fn offline_reason(&self) -> Option<String> {
+        match self {
+            Drive::Offline(why) => Some(why.clone()),
+            Drive::Directory(_) | Drive::Device(_) => None,
+        }
+    }
+}
+
+/// When a drive without a label may be given one.
+#[derive(Debug, Clone, Copy)]
+enum Labelling {
+    /// Never: the pool used this drive, and it had a label.
+    Never,
+    /// Yes: a drive the pool never used, or one the administrator replaced.
+    Always,
+    /// Only if it is a directory that holds this chunk the catalog places
+    /// on it (a drive of a pool from before labels).
+    IfHolding(ChunkSlot),
+}
+
 /// The pool's drives.
 #[derive(Debug)]
 pub struct Drives {
     pool: [u8; 16],
     paths: Vec<PathBuf>,
     drives: Vec<RwLock<Drive>>,
+    /// Per drive, why it is offline (`None`: it is not); kept apart from
+    /// the drives' locks, which I/O holds, so asking never waits for I/O.
+    offline: Mutex<Vec<Option<String>>>,
 }
 
 impl Drives {
-    /// Opens the drives `paths` of pool `pool`, in order (drive 0 first);
-    /// `known[i]` is the kind the catalog recorded for drive `i` (`None`:
-    /// the pool never used it, so it may be labelled). A drive that cannot
-    /// be opened is offline, not an error: the pool runs without it.
-    pub fn open(pool: [u8; 16], paths: Vec<PathBuf>, known: &[Option<DriveKind>]) -> Drives {
-        let drives = paths
+    /// Opens the drives `paths` of pool `pool`, in order (drive 0 first).
+    /// `known[i]` is the kind the catalog recorded for drive `i`; one it
+    /// never recorded may be labelled, unless the catalog places chunks on
+    /// it (`used[i]`, one of them): a pool from before labels, whose
+    /// directory is adopted only if it holds that chunk. A drive that
+    /// cannot be opened is offline, not an error: the pool runs without it.
+    pub fn open(
+        pool: [u8; 16],
+        paths: Vec<PathBuf>,
+        known: &[Option<DriveKind>],
+        used: &[Option<ChunkSlot>],
+    ) -> Drives {
+        let opened: Vec<Drive> = paths
             .iter()
             .enumerate()
             .map(|(number, path)| {
                 let known = known.get(number).copied().flatten();
-                RwLock::new(open_drive(&pool, number, path, known, known.is_none()))
+                let labelling = match (known, used.get(number).copied().flatten()) {
+                    (Some(_), _) => Labelling::Never,
+                    (None, None) => Labelling::Always,
+                    (None, Some(slot)) => Labelling::IfHolding(slot),
+                };
+                open_drive(&pool, number, path, known, labelling)
             })
             .collect();
+        let offline = opened.iter().map(Drive::offline_reason).collect();
         Drives {
             pool,
             paths,
-            drives,
+            drives: opened.into_iter().map(RwLock::new).collect(),
+            offline: Mutex::new(offline),
         }
+    }
+
+    /// Puts `opened` in place of drive `drive`.
+    fn install(&self, drive: usize, opened: Drive) {
+        let why = opened.offline_reason();
+        *self.drives[drive]
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = opened;
+        self.offline.lock().unwrap_or_else(|p| p.into_inner())[drive] = why;
     }
 
     /// The six directory drives of a data directory with no drive list.
@@ -206,12 +253,10 @@ impl Drives {
 
     /// Why each drive is offline, `None` where it is not.
     pub fn offline(&self) -> Vec<Option<String>> {
-        (0..self.len())
-            .map(|d| match self.drive(d).as_deref() {
-                Some(Drive::Offline(why)) => Some(why.clone()),
-                _ => None,
-            })
-            .collect()
+        self.offline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Marks the extents of `slots` (every chunk the catalog names) in use
@@ -230,7 +275,7 @@ impl Drives {
             };
             if let Err(e) = result {
                 tracing::error!(drive = slot.drive, error = %format!("{e:#}"), "drive taken offline");
-                *lock.write().unwrap_or_else(|p| p.into_inner()) = Drive::Offline(format!("{e:#}"));
+                self.install(slot.drive, Drive::Offline(format!("{e:#}")));
             }
         }
     }
@@ -247,13 +292,13 @@ impl Drives {
         known: Option<DriveKind>,
         in_use: &[ChunkSlot],
     ) -> anyhow::Result<()> {
-        let (Some(lock), Some(path)) = (self.drives.get(drive), self.paths.get(drive)) else {
+        let Some(path) = self.paths.get(drive) else {
             anyhow::bail!("no drive {drive}");
         };
-        let mut slot = lock.write().unwrap_or_else(|p| p.into_inner());
-        // Close the old one first: the new open locks the device.
-        *slot = Drive::Offline("being opened again".to_string());
-        let mut opened = open_drive(&self.pool, drive, path, known, true);
+        // Close the old one first (once I/O in flight on it is done): the
+        // new open locks the device. The open itself holds no lock.
+        self.install(drive, Drive::Offline("being opened again".to_string()));
+        let mut opened = open_drive(&self.pool, drive, path, known, Labelling::Always);
         if let Drive::Device(device) = &opened {
             let reserved = in_use
                 .iter()
@@ -263,11 +308,11 @@ impl Drives {
                 opened = Drive::Offline(format!("{e:#}"));
             }
         }
-        let result = match &opened {
-            Drive::Offline(why) => Err(anyhow::anyhow!("{why}")),
-            _ => Ok(()),
+        let result = match opened.offline_reason() {
+            Some(why) => Err(anyhow::anyhow!("{why}")),
+            None => Ok(()),
         };
-        *slot = opened;
+        self.install(drive, opened);
         result
     }
 
@@ -347,12 +392,19 @@ fn open_drive(
     number: usize,
     path: &Path,
     known: Option<DriveKind>,
-    may_label: bool,
+    labelling: Labelling,
 ) -> Drive {
     let kind = known.unwrap_or_else(|| match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() || m.is_file() => DriveKind::Device,
         _ => DriveKind::Directory,
     });
+    let may_label = match labelling {
+        Labelling::Never => false,
+        Labelling::Always => true,
+        Labelling::IfHolding(slot) => {
+            kind == DriveKind::Directory && directory::chunk_file(path, slot.chunk).is_file()
+        }
+    };
     let opened = match kind {
         // A device path that is not there is not a directory to create.
         DriveKind::Directory if path.starts_with("/dev") && !path.exists() => Err(anyhow::anyhow!(

@@ -36,7 +36,7 @@ fn mixed(dir: &Path) -> (Drives, Vec<PathBuf>) {
         blank_device(dir, "dev2", 8),
         blank_device(dir, "dev3", 8),
     ];
-    (Drives::open(POOL, paths.clone(), &[]), paths)
+    (Drives::open(POOL, paths.clone(), &[], &[]), paths)
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn a_written_chunk_reads_back_on_either_kind_of_drive() {
 #[test]
 fn every_damage_to_a_chunk_file_is_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Drives::open(POOL, Drives::default_paths(dir.path()), &[]);
+    let d = Drives::open(POOL, Drives::default_paths(dir.path()), &[], &[]);
     let payload = vec![0x5a; 256];
     let chunk = id(7, 1, 1);
     d.write_chunk(0, chunk, &payload).unwrap();
@@ -192,7 +192,7 @@ fn a_reopened_device_keeps_reserved_extents_and_refuses_overlaps() {
     // written but never recorded, so its extent is free).
     let kinds = d.kinds();
     drop(d);
-    let mut d = Drives::open(POOL, paths.clone(), &kinds);
+    let mut d = Drives::open(POOL, paths.clone(), &kinds, &[]);
     let one = slot(2, id(1, 0, 0), a, 5000);
     d.reserve_all([one]);
     assert_eq!(d.offline(), vec![None; 4]);
@@ -210,7 +210,7 @@ fn a_reopened_device_keeps_reserved_extents_and_refuses_overlaps() {
         slot(2, id(3, 0, 0), u64::MAX - 10, 10),
     ] {
         drop(d);
-        let fresh = Drives::open(POOL, paths.clone(), &kinds);
+        let fresh = Drives::open(POOL, paths.clone(), &kinds, &[]);
         fresh.reserve_all([one, bad, slot(9, id(1, 0, 0), 0, 10)]);
         assert!(fresh.offline()[2].is_some(), "{bad:?}");
         assert_eq!(fresh.offline()[3], None);
@@ -325,6 +325,7 @@ fn drives_that_are_not_blank_or_belong_elsewhere_are_refused() {
             "/dev/strata-no-such-disk".into(),
         ],
         &[Some(DriveKind::Device), None],
+        &[],
     );
     assert!(d.offline().iter().all(Option::is_some));
     assert!(!dir.path().join("gone-device").exists());
@@ -379,4 +380,35 @@ proptest::proptest! {
             proptest::prop_assert_eq!(&encode_label(&label)[..], &bytes[..LABEL_LEN]);
         }
     }
+}
+
+#[test]
+fn a_pool_from_before_labels_adopts_only_directories_holding_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = id(0x2345, 0, 1);
+    let paths = vec![
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    ];
+    // Drive 0 holds the chunk the catalog places on it; drive 1's disk is
+    // not mounted (an empty mount point); drive 2 the catalog never used.
+    let file = directory::chunk_file(&paths[0], held);
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(&file, encode_chunk(held, b"old chunk")).unwrap();
+    fs::create_dir_all(&paths[1]).unwrap();
+    let used = [Some(slot(0, held, 0, 9)), Some(slot(1, held, 0, 9)), None];
+    let d = Drives::open(POOL, paths.clone(), &[], &used);
+    let offline = d.offline();
+    assert_eq!(offline[0], None);
+    assert!(
+        offline[1]
+            .as_deref()
+            .is_some_and(|why| why.contains("no label")),
+        "{offline:?}"
+    );
+    assert_eq!(offline[2], None);
+    assert_eq!(d.read_chunk(&slot(0, held, 0, 9)).unwrap(), b"old chunk");
+    assert!(paths[0].join("drive-label").is_file());
+    assert!(!paths[1].join("drive-label").exists());
 }

@@ -127,15 +127,23 @@ impl Core {
         wanted.dedup();
         let mut stored = 0;
         for part in wanted.chunks(MAX_FRAMES) {
-            let fetched = reads.get(part)?;
+            // Checked before the store's lock is taken: a full decode per
+            // frame is too long to hold every queue's lookups up for.
+            let good: Vec<(&Fingerprint, Vec<u8>)> = part
+                .iter()
+                .zip(reads.get(part)?)
+                .filter_map(|(fp, bytes)| Some((fp, bytes?)))
+                .filter(|(fp, bytes)| {
+                    let sound = check(fp, bytes);
+                    if !sound {
+                        self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(fingerprint = %fp, "the pool's copy fails verification; not stored");
+                    }
+                    sound
+                })
+                .collect();
             let mut state = self.lock();
-            for (fp, bytes) in part.iter().zip(fetched) {
-                let Some(bytes) = bytes else { continue };
-                if !check(fp, &bytes) {
-                    self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(fingerprint = %fp, "the pool's copy fails verification; not stored");
-                    continue;
-                }
+            for (fp, bytes) in good {
                 if !state.index.contains_key(fp) {
                     self.append(&mut state, *fp, kind, &bytes)?;
                     stored += 1;

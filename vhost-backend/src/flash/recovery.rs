@@ -176,17 +176,23 @@ pub fn refill_from_pool(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<
                 let header = verify_checksum(frame)
                     .with_context(|| format!("NVLOG record {seq}: a damaged frame"))?;
                 logged.push(header.fingerprint);
-                if wanted.remove(&header.fingerprint) {
-                    // In full, as every frame from the pool: reads from
-                    // the flash then only check the tag.
-                    let mut block = [0u8; BLOCK_SIZE];
-                    core.codec
-                        .decode(frame, &header.fingerprint, &mut block)
-                        .with_context(|| {
-                            format!("NVLOG record {seq}: a frame that fails to decode")
-                        })?;
-                    store_frame(shared, header.fingerprint, frame)?;
+                if !wanted.contains(&header.fingerprint) {
+                    continue;
                 }
+                // In full, as every frame from the pool: reads from the
+                // flash then only check the tag. A bad one is left to the
+                // stripes (checked after this pass).
+                let mut block = [0u8; BLOCK_SIZE];
+                if let Err(e) = core.codec.decode(frame, &header.fingerprint, &mut block) {
+                    core.counters
+                        .bad_frames
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(seq, fingerprint = %header.fingerprint, error = %e,
+                        "a frame in the NVLOG fails to decode; it must come from the stripes");
+                    continue;
+                }
+                wanted.remove(&header.fingerprint);
+                store_frame(shared, header.fingerprint, frame)?;
             }
         }
         if let Some(reads) = &core.pool_reads {
