@@ -685,7 +685,13 @@ mod tests {
             .collect()
     }
 
-    fn put(store: &StripeStore, frames: &[(Fingerprint, Vec<u8>)], k: usize) -> u64 {
+    /// Packs `frames` into a stripe of k data chunks, as a host does, and
+    /// stores it.
+    fn try_put(
+        store: &StripeStore,
+        frames: &[(Fingerprint, Vec<u8>)],
+        k: usize,
+    ) -> Result<u64, StripeError> {
         let mut data = Vec::new();
         let mut entries = Vec::new();
         for (fp, bytes) in frames {
@@ -697,7 +703,11 @@ mod tests {
             data.extend_from_slice(bytes);
         }
         let chunks = erasure::encode(&data, k).unwrap();
-        store.put_stripe(k, data.len(), &chunks, &entries).unwrap()
+        store.put_stripe(k, data.len(), &chunks, &entries)
+    }
+
+    fn put(store: &StripeStore, frames: &[(Fingerprint, Vec<u8>)], k: usize) -> u64 {
+        try_put(store, frames, k).unwrap()
     }
 
     fn check_all(store: &StripeStore, frames: &[(Fingerprint, Vec<u8>)]) {
@@ -1059,6 +1069,36 @@ mod tests {
         assert_eq!(store.rebuild().unwrap(), 4);
         assert_eq!(store.drive_report().unwrap().degraded_stripes, 0);
         check_all(&store, &more);
+    }
+
+    #[test]
+    fn a_drive_whose_writes_fail_goes_offline_and_stripes_go_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Drives::default_paths(dir.path());
+        let store = StripeStore::open(dir.path(), paths.clone()).unwrap();
+        let all = frames(40);
+        put(&store, &all[..10], 4);
+        // Drive 2's disk vanishes under the running pool: the next stripe
+        // (4 + 2 chunks on the six drives) fails, and takes it offline.
+        std::fs::remove_dir_all(&paths[2]).unwrap();
+        assert!(try_put(&store, &all[10..20], 4).is_err());
+        let report = store.drive_report().unwrap();
+        assert_eq!(report.drives[2], DriveState::Offline);
+        assert_eq!(report.max_data_chunks, 3);
+        // The stripes after it go around the drive; everything reads.
+        for part in all[10..].chunks(10) {
+            put(&store, part, 3);
+        }
+        check_all(&store, &all);
+        assert_eq!(store.rebuild().unwrap(), 1);
+        // A new disk at the same place is taken into use by a replace.
+        store.set_drive(2, false).unwrap();
+        assert_eq!(
+            store.drive_report().unwrap().drives[2],
+            DriveState::InService
+        );
+        put(&store, &frames(50)[40..], 4);
+        check_all(&store, &frames(50));
     }
 
     #[test]

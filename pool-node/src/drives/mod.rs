@@ -316,7 +316,10 @@ impl Drives {
         result
     }
 
-    /// Writes `chunk` to `drive`, durably; returns its place.
+    /// Writes `chunk` to `drive`, durably; returns its place. A drive the
+    /// write fails on with an I/O error goes offline, so the stripes that
+    /// follow are laid out around it (`strata drive replace` tries it
+    /// again).
     pub fn write_chunk(
         &self,
         drive: usize,
@@ -324,7 +327,7 @@ impl Drives {
         payload: &[u8],
     ) -> Result<u64, ChunkError> {
         let image = encode_chunk(chunk, payload);
-        match self.drive(drive).as_deref() {
+        let written = match self.drive(drive).as_deref() {
             Some(Drive::Directory(dir)) => dir.write(chunk, &image).map(|()| 0),
             Some(Drive::Device(device)) => device.write(&image),
             Some(Drive::Offline(why)) => Err(ChunkError::Offline {
@@ -332,7 +335,12 @@ impl Drives {
                 why: why.clone(),
             }),
             None => Err(ChunkError::Missing { drive, chunk }),
+        };
+        if let Err(e @ ChunkError::Io { .. }) = &written {
+            tracing::error!(drive, error = %e, "a chunk write failed: drive taken offline");
+            self.install(drive, Drive::Offline(format!("a chunk write failed: {e}")));
         }
+        written
     }
 
     /// Reads and checks the chunk in `slot`.
