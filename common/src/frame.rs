@@ -438,11 +438,7 @@ impl FrameCodec {
         expected: &Fingerprint,
         out: &mut [u8; BLOCK_SIZE],
     ) -> Result<(), FrameError> {
-        let r = self.decode_inner(frame, expected, out, true);
-        if r.is_err() {
-            out.fill(0);
-        }
-        r
+        self.decode_or_zero(frame, expected, out, true)
     }
 
     /// Decodes `frame` as [`decode`](Self::decode) does, except the last
@@ -460,7 +456,18 @@ impl FrameCodec {
         expected: &Fingerprint,
         out: &mut [u8; BLOCK_SIZE],
     ) -> Result<(), FrameError> {
-        let r = self.decode_inner(frame, expected, out, false);
+        self.decode_or_zero(frame, expected, out, false)
+    }
+
+    /// Decodes, zeroing `out` on any error.
+    fn decode_or_zero(
+        &self,
+        frame: &[u8],
+        expected: &Fingerprint,
+        out: &mut [u8; BLOCK_SIZE],
+        check_content: bool,
+    ) -> Result<(), FrameError> {
+        let r = self.decode_inner(frame, expected, out, check_content);
         if r.is_err() {
             out.fill(0);
         }
