@@ -294,7 +294,9 @@ fn guest_io_carries_on_across_a_host_kill_9() -> Result<()> {
     let image = image()?;
     let mut server = Server::start_from_env(&[DiskSpec::new("survivor", size)])?;
     let serial = server.kind().expected_serial("survivor");
-    // 16 MiB before the cue. Then, at once: four writers, each writing its
+    // 16 MiB before the cue, flushed (on a writeback vdisk only a FLUSH
+    // makes writes durable; without it a kill may rightly lose the last of
+    // them). Then, at once: four writers, each writing its
     // own quarter of another 16 MiB four times over, and two readers
     // checking the first 16 MiB twice, all with direct I/O. So when the
     // server dies there are reads and writes in flight together, finishing
@@ -305,7 +307,7 @@ fn guest_io_carries_on_across_a_host_kill_9() -> Result<()> {
 {check}
 head -c 16777216 /dev/urandom >/tmp/before
 head -c 16777216 /dev/urandom >/tmp/during
-dd if=/tmp/before of=/dev/vda bs=64k oflag=direct 2>/dev/null
+dd if=/tmp/before of=/dev/vda bs=64k oflag=direct conv=fsync 2>/dev/null
 echo {CUE}
 pids=""
 for w in 0 1 2 3; do
