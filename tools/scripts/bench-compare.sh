@@ -87,14 +87,10 @@ image=$(realpath "$image")
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/bench-compare.XXXXXX")
 pids=()
+# shellcheck source=stop-daemons.sh
+source "$repo/tools/scripts/stop-daemons.sh"
 cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_daemons "${pids[@]}"
     rm -rf "$workdir" "$flash" "$pool_dir"
 }
 trap cleanup EXIT

@@ -29,8 +29,9 @@ pub struct IoBuf {
 }
 
 // SAFETY: an IoBuf is only an address and a length; the submitter keeps the
-// memory alive (see EngineQueue::submit) and each buffer is used by one queue
-// thread at a time.
+// memory alive (see EngineQueue::submit) and each buffer is used by one
+// thread at a time (a strata queue's verify helper writes the pieces of the
+// reads it is handed; they move to it and back under a lock).
 unsafe impl Send for IoBuf {}
 
 /// One operation on the vdisk.

@@ -15,6 +15,8 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+mod verifier;
+
 use io_uring::{opcode, types, IoUring};
 use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -23,6 +25,7 @@ use super::buffers::{total_len, AlignedBuf};
 use super::{BlockOp, Completion, Engine, EngineInfo, EngineQueue, IoBuf, IoMode};
 use crate::flash::{Core, FlashStore, Located, Location, StoreVdisk};
 use strata_common::ondisk::PAGE;
+use verifier::VerifyHelper;
 
 /// Blocks handed to the store at once; bounds the RAM a huge request takes.
 const CHUNK_BLOCKS: usize = 256;
@@ -35,6 +38,11 @@ const BLOCK: u64 = BLOCK_SIZE as u64;
 /// Lookups of one block a read makes before a frame that keeps moving (or
 /// being evicted) under it counts as bad.
 const LOOKUP_ATTEMPTS: usize = 3;
+/// Completions reaped at once from which the queue thread, falling behind,
+/// hands two thirds to its verify helper; fewer are verified in place, as
+/// waking the helper for them costs more latency than it saves
+/// (docs/BENCHMARKS.md).
+const HAND_OVER_MIN: usize = 8;
 
 /// A `strata` vdisk, shared by its queues.
 pub struct StrataEngine {
@@ -88,14 +96,28 @@ impl Engine for StrataEngine {
             },
         };
         core.add_waiter(&eventfd);
+        let reader = BlockReader {
+            core,
+            vdisk: self.vdisk.clone(),
+        };
+        let helper = ring.as_ref().and_then(|_| {
+            VerifyHelper::start(
+                reader.clone(),
+                eventfd.clone(),
+                helper_name(&self.vdisk.name, queue_index),
+            )
+            .inspect_err(|e| {
+                tracing::warn!(vdisk = %self.vdisk.name, queue = queue_index, error = %e,
+                        "cannot start a verify helper; the queue thread verifies every read");
+            })
+            .ok()
+        });
         Ok(Box::new(StrataQueue {
-            flash_fd: core.device.file().as_raw_fd(),
-            reader: BlockReader {
-                core,
-                vdisk: self.vdisk.clone(),
-            },
+            flash_fd: reader.core.device.file().as_raw_fd(),
+            reader,
             eventfd,
             ring,
+            helper,
             ops: Vec::new(),
             free_ops: Vec::new(),
             reads: Vec::new(),
@@ -108,6 +130,19 @@ impl Engine for StrataEngine {
             fingerprints: Vec::new(),
         }))
     }
+}
+
+/// The verify helper's thread name: `v`, the queue, `-`, then as much of
+/// the vdisk's name as fits Linux's 15 bytes.
+fn helper_name(vdisk: &str, queue_index: u16) -> String {
+    let mut name = format!("v{queue_index}-");
+    for c in vdisk.chars() {
+        if name.len() + c.len_utf8() > 15 {
+            break;
+        }
+        name.push(c);
+    }
+    name
 }
 
 /// A read request waiting for flash reads.
@@ -148,6 +183,7 @@ struct FlashRead {
 }
 
 /// What reading and verifying a block needs: the store and the vdisk.
+#[derive(Clone)]
 struct BlockReader {
     core: Arc<Core>,
     vdisk: Arc<StoreVdisk>,
@@ -325,6 +361,8 @@ pub struct StrataQueue {
     flash_fd: RawFd,
     eventfd: Arc<EventFd>,
     ring: Option<IoUring>,
+    /// Verifies some completed reads when many arrive at once.
+    helper: Option<VerifyHelper>,
     ops: Vec<ReadOp>,
     free_ops: Vec<u32>,
     /// Reads in the kernel, by ring `user_data`.
@@ -564,8 +602,9 @@ impl StrataQueue {
         }
     }
 
-    /// Takes the ring's completions, verifies them and copies their blocks
-    /// to the guest.
+    /// Takes the ring's completions, verifies them (handing some to the
+    /// helper when many arrive at once) and copies their blocks to the
+    /// guest; completes the reads the helper has finished.
     fn reap_flash(&mut self) {
         let Some(ring) = self.ring.as_mut() else {
             return;
@@ -582,8 +621,21 @@ impl StrataQueue {
             done.push(read);
         }
         self.in_kernel -= done.len();
-        for mut read in done.drain(..) {
-            self.reader.verify(&mut read);
+        if let Some(helper) = self.helper.as_mut() {
+            if done.len() >= HAND_OVER_MIN {
+                let handed = done.split_off(done.len() / 3);
+                if let Err(back) = helper.hand_over(handed) {
+                    done.extend(back);
+                }
+            }
+        }
+        for read in &mut done {
+            self.reader.verify(read);
+        }
+        if let Some(helper) = self.helper.as_mut() {
+            helper.take_finished(&mut done);
+        }
+        for read in done.drain(..) {
             self.complete_read(read);
         }
         self.reaped = done;
@@ -599,17 +651,27 @@ impl StrataQueue {
         self.spare_reads.push(read);
     }
 
-    /// Waits until no read is in the kernel, completing them as usual.
+    /// Waits until no read is in the kernel or with the helper, completing
+    /// them as usual.
     fn settle_reads(&mut self) {
         loop {
             self.reap_flash();
-            if self.in_kernel == 0 {
+            let with_helper = self.helper.as_ref().map_or(0, VerifyHelper::outstanding);
+            if self.in_kernel == 0 && with_helper == 0 {
                 return;
             }
             let Some(ring) = self.ring.as_mut() else {
                 return;
             };
-            if let Err(e) = ring.submit_and_wait(1) {
+            if self.in_kernel == 0 {
+                if self.helper.as_ref().is_some_and(VerifyHelper::is_gone) {
+                    self.reap_flash();
+                    tracing::error!(vdisk = %self.reader.vdisk.name, reads = with_helper,
+                        "the verify helper ended holding reads; their requests never complete");
+                    return;
+                }
+                self.wait_event();
+            } else if let Err(e) = ring.submit_and_wait(1) {
                 // The kernel still owns the buffers: all that is safe is to
                 // wait again.
                 tracing::warn!(error = %e, "waiting for flash reads");
@@ -792,5 +854,19 @@ unsafe fn gather(bufs: &[IoBuf], dst: &mut [u8]) {
         let src = unsafe { std::slice::from_raw_parts(buf.ptr, buf.len) };
         dst[at..at + buf.len].copy_from_slice(src);
         at += buf.len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::helper_name;
+
+    #[test]
+    fn helper_names_fit_linux_thread_names_without_splitting_characters() {
+        assert_eq!(helper_name("bench", 0), "v0-bench");
+        assert_eq!(helper_name("a-very-long-vdisk-name", 3), "v3-a-very-long-");
+        // 'é' is two bytes and would make 17: it is left out.
+        assert_eq!(helper_name("abcdefghijklé", 12), "v12-abcdefghijk");
+        assert!(helper_name(&"é".repeat(20), 65535).len() <= 15);
     }
 }
