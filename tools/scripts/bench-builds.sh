@@ -46,8 +46,8 @@ fi
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/bench-builds.XXXXXX")
 pids=()
-# shellcheck source=stop-daemons.sh
-source "$repo/tools/scripts/stop-daemons.sh"
+# shellcheck source=daemons.sh
+source "$repo/tools/scripts/daemons.sh"
 cleanup() {
     stop_daemons "${pids[@]}"
     rm -rf "$workdir"
@@ -73,15 +73,7 @@ for build in "${builds[@]}"; do
         >"$workdir/$name.log" 2>&1 &
     pids+=($!)
     raw=()
-    deadline=$((SECONDS + 10))
-    until [[ -S $sock ]]; do
-        if ! kill -0 "${pids[-1]}" 2>/dev/null || ((SECONDS >= deadline)); then
-            echo "bench-builds: $name did not start:" >&2
-            tail -n 20 "$workdir/$name.log" >&2 || true
-            exit 1
-        fi
-        sleep 0.05
-    done
+    wait_for_socket "${pids[-1]}" "$sock" "$workdir/$name.log" "$name" || exit 1
     echo "bench-builds: writing $name's strata vdisk once with unique data" >&2
     "$bench" run --target "vhost-user:$sock" --rw write --bs 256k --iodepth 8 \
         --pattern unique --verify --verify-passes write >/dev/null

@@ -87,8 +87,8 @@ image=$(realpath "$image")
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/bench-compare.XXXXXX")
 pids=()
-# shellcheck source=stop-daemons.sh
-source "$repo/tools/scripts/stop-daemons.sh"
+# shellcheck source=daemons.sh
+source "$repo/tools/scripts/daemons.sh"
 cleanup() {
     stop_daemons "${pids[@]}"
     rm -rf "$workdir" "$flash" "$pool_dir"
@@ -96,25 +96,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# wait_for_socket PID SOCKET LOG NAME: true once SOCKET exists, false if the
-# daemon exited or 10 s passed.
-wait_for_socket() {
-    local pid=$1 socket=$2 log=$3 name=$4 deadline=$((SECONDS + 10))
-    while [[ ! -S $socket ]]; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "bench-compare: $name exited before creating $socket:" >&2
-            tail -n 20 "$log" >&2 || true
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "bench-compare: $name did not create $socket within 10 s:" >&2
-            tail -n 20 "$log" >&2 || true
-            return 1
-        fi
-        sleep 0.05
-    done
-}
 
 strata_sock=$workdir/strata.sock
 raw_sock=$workdir/raw.sock
