@@ -477,6 +477,42 @@ impl DatastoreKeys {
         decode_key_file(&bytes, datastore, master, &path)
     }
 
+    /// The bytes of the datastore's existing key file, checked to open
+    /// with `master`; `None` if there is none.
+    pub fn read_file(
+        dir: &Path,
+        datastore: &str,
+        master: &MasterKey,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
+        let path = Self::path(dir, datastore)?;
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("stat", &path)(e)),
+            Ok(_) => {}
+        }
+        let bytes = read_secret_file(&path, KEY_FILE_LEN as u64)?;
+        decode_key_file(&bytes, datastore, master, &path)?;
+        Ok(Some(bytes))
+    }
+
+    /// A new key file for `datastore`: fresh random keys wrapped by
+    /// `master`. `path` is only for errors.
+    pub fn new_file(
+        datastore: &str,
+        master: &MasterKey,
+        path: &Path,
+    ) -> Result<Zeroizing<[u8; KEY_FILE_LEN]>, KeyError> {
+        validate_datastore_name(datastore)?;
+        let mut data_key = Zeroizing::new([0u8; KEY_LEN]);
+        let mut dedupe_key = Zeroizing::new([0u8; KEY_LEN]);
+        getrandom::fill(&mut data_key[..]).map_err(KeyError::Random)?;
+        getrandom::fill(&mut dedupe_key[..]).map_err(KeyError::Random)?;
+        let mut nonces = [0u8; 2 * NONCE_LEN];
+        getrandom::fill(&mut nonces).map_err(KeyError::Random)?;
+        encode_key_file(&data_key, &dedupe_key, &nonces, datastore, master, path)
+            .map(Zeroizing::new)
+    }
+
     /// Generates fresh keys and writes the key file; if another process
     /// wrote one first, loads that instead.
     fn create(dir: &Path, datastore: &str, master: &MasterKey) -> Result<FrameKeys, KeyError> {
@@ -486,14 +522,7 @@ impl DatastoreKeys {
             .mode(0o700)
             .create(dir)
             .map_err(io_err("create directory", dir))?;
-
-        let mut data_key = Zeroizing::new([0u8; KEY_LEN]);
-        let mut dedupe_key = Zeroizing::new([0u8; KEY_LEN]);
-        getrandom::fill(&mut data_key[..]).map_err(KeyError::Random)?;
-        getrandom::fill(&mut dedupe_key[..]).map_err(KeyError::Random)?;
-        let mut nonces = [0u8; 2 * NONCE_LEN];
-        getrandom::fill(&mut nonces).map_err(KeyError::Random)?;
-        let bytes = encode_key_file(&data_key, &dedupe_key, &nonces, datastore, master, &path)?;
+        let bytes = Self::new_file(datastore, master, &path)?;
 
         let mut tag = [0u8; 8];
         getrandom::fill(&mut tag).map_err(KeyError::Random)?;
@@ -502,21 +531,19 @@ impl DatastoreKeys {
             std::process::id(),
             u64::from_le_bytes(tag)
         ));
-        let result = write_new_file(&tmp, &bytes).and_then(|()| match fs::hard_link(&tmp, &path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io_err("link", &path)(e)),
-        });
+        let result =
+            write_new_file(&tmp, &bytes[..]).and_then(|()| match fs::hard_link(&tmp, &path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(io_err("link", &path)(e)),
+            });
         // The temporary name goes in every case; a failure to remove it
         // leaves a stray file, not a wrong key, so it is not an error.
         let _ = fs::remove_file(&tmp);
         let created = result?;
         sync_dir(dir)?;
         if created {
-            Ok(FrameKeys {
-                data_key: *data_key,
-                dedupe_key: *dedupe_key,
-            })
+            decode_key_file(&bytes[..], datastore, master, &path)
         } else {
             // Lost a race with another creator: its keys are the keys.
             Self::load(dir, datastore, master)

@@ -10,15 +10,15 @@
 //!
 //! | kind | message | fields |
 //! |---:|---|---|
-//! | 1 | `Append` | seq u64, payload bytes |
-//! | 2 | `Replay` | from_seq u64 |
+//! | 1 | `Append` | seq u64, count u32, vdisk tickets (epoch u64, name bytes), payload bytes |
+//! | 2 | `Replay` | from_seq u64, host bytes (empty: this host) |
 //! | 3 | `Truncate` | through_seq u64 |
 //! | 4 | `Status` | — |
 //! | 5 | `Lookup` | count u32, fingerprints (32 bytes each) |
 //! | 6 | `PutStripe` | k u8, data_len u32, count u8, chunks (bytes each), count u32, entries (fingerprint, offset u32, len u32) |
 //! | 7 | `GetFrames` | count u32, fingerprints |
 //! | 8 | `Commit` | through_seq u64, state bytes |
-//! | 9 | `LoadCommit` | — |
+//! | 9 | `LoadCommit` | host bytes (empty: this host) |
 //! | 10 | `DriveStatus` | — |
 //! | 11 | `SetDrive` | drive u16, failed u8 (admin only) |
 //! | 12 | `Rebuild` | — (admin only) |
@@ -26,6 +26,8 @@
 //! | 14 | `ClaimVdisk` | name bytes (UTF-8) |
 //! | 15 | `ReadRecord` | seq u64 |
 //! | 16 | `Scrub` | — (admin only) |
+//! | 17 | `Adopted` | name bytes, epoch u64 |
+//! | 18 | `DatastoreKeys` | datastore bytes, offer bytes |
 //! | 0x81 | `Appended` | seq u64 |
 //! | 0x82 | `Record` | seq u64, payload bytes |
 //! | 0x83 | `ReplayDone` | last_seq u64 |
@@ -40,8 +42,10 @@
 //! | 0x8c | `Drives` | max_data_chunks u8, degraded_stripes u64, count u32, state u8 per drive (0 in service, 1 failed, 2 offline) |
 //! | 0x8d | `Rebuilt` | stripes u64 |
 //! | 0x8e | `Opened` | epoch u64 |
-//! | 0x8f | `Claimed` | — |
+//! | 0x8f | `Claimed` | epoch u64, adopt_from bytes (empty: nothing to adopt) |
 //! | 0x90 | `Scrubbed` | stripes u64, chunks u64, bad_chunks u64, repaired u64, unreadable u64 |
+//! | 0x91 | `Keys` | key file bytes |
+//! | 0x92 | `Moved` | count u32, vdisk names (bytes each) |
 //!
 //! Decoding is total: any byte string gives a message or a [`WireError`],
 //! never a panic, and trailing bytes are an error.
@@ -74,6 +78,24 @@ pub const MAX_DRIVES: usize = 4096;
 pub const MAX_STATE_LEN: usize = 4 << 20;
 /// Longest vdisk name a host may claim.
 pub const MAX_VDISK_NAME_LEN: usize = 255;
+/// Most vdisks one append may name.
+pub const MAX_APPEND_VDISKS: usize = 1024;
+/// Longest host name a request may name.
+pub const MAX_HOST_NAME_LEN: usize = 255;
+/// Longest datastore name a request may name.
+pub const MAX_DATASTORE_NAME_LEN: usize = 255;
+/// Longest datastore key file the pool keeps.
+pub const MAX_KEY_FILE_LEN: usize = 4096;
+
+/// A vdisk an append changes, and the vdisk lease it is changed under: the
+/// pool refuses the append once another claim of the vdisk took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VdiskTicket {
+    /// The vdisk's name.
+    pub name: String,
+    /// The epoch of the vdisk's lease ([`Response::Claimed`]).
+    pub epoch: u64,
+}
 
 /// One frame a stripe holds: its name and where its bytes are in the
 /// stripe's data (the data chunks, concatenated).
@@ -91,18 +113,25 @@ pub struct StripeEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Make `payload` durable in the host's NVLOG as record `seq` (greater
-    /// than every earlier one), then answer [`Response::Appended`].
+    /// than every earlier one), then answer [`Response::Appended`]; or,
+    /// when one of `vdisks` is no longer this host's under that epoch,
+    /// refuse it whole with [`Response::Moved`].
     Append {
         /// The record's sequence number.
         seq: u64,
+        /// Every vdisk the payload changes (creates, resets or updates).
+        vdisks: Vec<VdiskTicket>,
         /// Opaque bytes (the host's batch of frames and map updates).
         payload: Vec<u8>,
     },
-    /// Send every record with a sequence number at least `from_seq` that is
-    /// not truncated, then [`Response::ReplayDone`].
+    /// Send every record of `host`'s log with a sequence number at least
+    /// `from_seq` that is not truncated, then [`Response::ReplayDone`].
+    /// Another host's log may be read only while adopting a vdisk from it.
     Replay {
         /// First sequence number wanted.
         from_seq: u64,
+        /// Whose log; empty for this host's own.
+        host: String,
     },
     /// The records up to `through_seq` are safe elsewhere: drop them.
     Truncate {
@@ -142,8 +171,12 @@ pub enum Request {
         /// The encoded state (opaque to the pool).
         state: Vec<u8>,
     },
-    /// Send the host's last committed state.
-    LoadCommit,
+    /// Send `host`'s last committed state (empty: this host's). Another
+    /// host's may be read only while adopting a vdisk from it.
+    LoadCommit {
+        /// Whose state; empty for this host's own.
+        host: String,
+    },
     /// Report the pool's drives. Answered by [`Response::Drives`].
     DriveStatus,
     /// Mark a drive failed (its chunks are no longer read; a rebuild moves
@@ -168,9 +201,10 @@ pub enum Request {
         /// with [`code::FENCED`] once a newer one was taken.
         epoch: u64,
     },
-    /// Records this host as the one serving vdisk `name`; refused with
-    /// [`code::HELD`] while another host holds it. Answered by
-    /// [`Response::Claimed`].
+    /// Records this host as the one serving vdisk `name`. If another host
+    /// held it, that host is fenced for it (its later appends naming it
+    /// are refused) and the answer names the host to adopt the vdisk's
+    /// state from. Answered by [`Response::Claimed`].
     ClaimVdisk {
         /// The vdisk's name, at most [`MAX_VDISK_NAME_LEN`] bytes of UTF-8.
         name: String,
@@ -187,6 +221,24 @@ pub enum Request {
     /// stripes with a damaged or missing chunk on a drive in service.
     /// Answered by [`Response::Scrubbed`]. Administrators only.
     Scrub,
+    /// This host's own log now holds vdisk `name`'s adopted state: it no
+    /// longer needs the previous holder's. Answered by
+    /// [`Response::Claimed`].
+    Adopted {
+        /// The vdisk.
+        name: String,
+        /// The vdisk lease it was adopted under.
+        epoch: u64,
+    },
+    /// The keys of datastore `datastore`, wrapped by the cluster's master
+    /// key: the pool keeps the first `offer` it gets and answers every
+    /// host with that one ([`Response::Keys`]), so all hosts share them.
+    DatastoreKeys {
+        /// The datastore's name.
+        datastore: String,
+        /// A key file ([`crate::keys`]) this host would use.
+        offer: Vec<u8>,
+    },
 }
 
 /// Error codes of [`Response::Error`].
@@ -204,8 +256,10 @@ pub mod code {
     /// The connection's lease is not the host's current one (a newer
     /// strata-host took over), or it never opened one.
     pub const FENCED: u16 = 6;
-    /// The vdisk is held by another host.
-    pub const HELD: u16 = 7;
+    /// A vdisk changed hands while it was being claimed (the pool looks
+    /// again; a host never sees it). Code 7 meant "held by another host"
+    /// before a claim could take a vdisk over; it is no longer sent.
+    pub const CHANGED: u16 = 9;
     /// The NVLOG does not hold the record asked for.
     pub const NOT_FOUND: u16 = 8;
 }
@@ -294,8 +348,16 @@ pub enum Response {
         /// The lease's fencing epoch.
         epoch: u64,
     },
-    /// A [`Request::ClaimVdisk`] is durable.
-    Claimed,
+    /// A [`Request::ClaimVdisk`] (or [`Request::Adopted`]) is durable.
+    Claimed {
+        /// The epoch of the host's lease of the vdisk, which its appends
+        /// name.
+        epoch: u64,
+        /// The host whose commit and log hold the vdisk's state, which
+        /// this host must adopt before serving it; empty when this host's
+        /// own state has it.
+        adopt_from: String,
+    },
     /// A scrub finished.
     Scrubbed {
         /// Stripes looked at.
@@ -308,6 +370,17 @@ pub enum Response {
         repaired: u64,
         /// Stripes with too few good chunks to restore.
         unreadable: u64,
+    },
+    /// The datastore's key file, as the pool keeps it.
+    Keys {
+        /// The key file.
+        key_file: Vec<u8>,
+    },
+    /// An append was refused: these vdisks it names are no longer this
+    /// host's (another host claimed them).
+    Moved {
+        /// The vdisks.
+        vdisks: Vec<String>,
     },
     /// The request failed.
     Error {
@@ -374,14 +447,24 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         match self {
-            Request::Append { seq, payload } => {
+            Request::Append {
+                seq,
+                vdisks,
+                payload,
+            } => {
                 w.u8(1);
                 w.u64(*seq);
+                w.u32(vdisks.len() as u32);
+                for ticket in vdisks {
+                    w.u64(ticket.epoch);
+                    w.bytes(ticket.name.as_bytes());
+                }
                 w.bytes(payload);
             }
-            Request::Replay { from_seq } => {
+            Request::Replay { from_seq, host } => {
                 w.u8(2);
                 w.u64(*from_seq);
+                w.bytes(host.as_bytes());
             }
             Request::Truncate { through_seq } => {
                 w.u8(3);
@@ -421,7 +504,10 @@ impl Request {
                 w.u64(*through_seq);
                 w.bytes(state);
             }
-            Request::LoadCommit => w.u8(9),
+            Request::LoadCommit { host } => {
+                w.u8(9);
+                w.bytes(host.as_bytes());
+            }
             Request::DriveStatus => w.u8(10),
             Request::SetDrive { drive, failed } => {
                 w.u8(11);
@@ -442,6 +528,16 @@ impl Request {
                 w.u64(*seq);
             }
             Request::Scrub => w.u8(16),
+            Request::Adopted { name, epoch } => {
+                w.u8(17);
+                w.bytes(name.as_bytes());
+                w.u64(*epoch);
+            }
+            Request::DatastoreKeys { datastore, offer } => {
+                w.u8(18);
+                w.bytes(datastore.as_bytes());
+                w.bytes(offer);
+            }
         }
         w.finish()
     }
@@ -450,11 +546,26 @@ impl Request {
     pub fn decode(body: &[u8]) -> Result<Request, WireError> {
         let mut r = Reader::new(body);
         let request = match r.u8()? {
-            1 => Request::Append {
-                seq: r.u64()?,
-                payload: r.bytes("payload", MAX_PAYLOAD_LEN)?.to_vec(),
+            1 => {
+                let seq = r.u64()?;
+                let count = r.count("vdisk list", MAX_APPEND_VDISKS, 12)?;
+                let vdisks = (0..count)
+                    .map(|_| {
+                        let epoch = r.u64()?;
+                        let name = r.text("vdisk name", MAX_VDISK_NAME_LEN)?;
+                        Ok(VdiskTicket { name, epoch })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Request::Append {
+                    seq,
+                    vdisks,
+                    payload: r.bytes("payload", MAX_PAYLOAD_LEN)?.to_vec(),
+                }
+            }
+            2 => Request::Replay {
+                from_seq: r.u64()?,
+                host: r.text("host name", MAX_HOST_NAME_LEN)?,
             },
-            2 => Request::Replay { from_seq: r.u64()? },
             3 => Request::Truncate {
                 through_seq: r.u64()?,
             },
@@ -500,7 +611,9 @@ impl Request {
                 through_seq: r.u64()?,
                 state: r.bytes("state", MAX_STATE_LEN)?.to_vec(),
             },
-            9 => Request::LoadCommit,
+            9 => Request::LoadCommit {
+                host: r.text("host name", MAX_HOST_NAME_LEN)?,
+            },
             10 => Request::DriveStatus,
             11 => Request::SetDrive {
                 drive: r.u16()?,
@@ -513,6 +626,14 @@ impl Request {
             },
             15 => Request::ReadRecord { seq: r.u64()? },
             16 => Request::Scrub,
+            17 => Request::Adopted {
+                name: r.text("vdisk name", MAX_VDISK_NAME_LEN)?,
+                epoch: r.u64()?,
+            },
+            18 => Request::DatastoreKeys {
+                datastore: r.text("datastore name", MAX_DATASTORE_NAME_LEN)?,
+                offer: r.bytes("key file", MAX_KEY_FILE_LEN)?.to_vec(),
+            },
             kind => return Err(WireError::UnknownKind(kind)),
         };
         r.end()?;
@@ -609,7 +730,22 @@ impl Response {
                 w.u8(0x8e);
                 w.u64(*epoch);
             }
-            Response::Claimed => w.u8(0x8f),
+            Response::Claimed { epoch, adopt_from } => {
+                w.u8(0x8f);
+                w.u64(*epoch);
+                w.bytes(adopt_from.as_bytes());
+            }
+            Response::Keys { key_file } => {
+                w.u8(0x91);
+                w.bytes(key_file);
+            }
+            Response::Moved { vdisks } => {
+                w.u8(0x92);
+                w.u32(vdisks.len() as u32);
+                for name in vdisks {
+                    w.bytes(name.as_bytes());
+                }
+            }
             Response::Error { code, message } => {
                 w.u8(0x86);
                 w.u16(*code);
@@ -671,7 +807,20 @@ impl Response {
             }
             0x8d => Response::Rebuilt { stripes: r.u64()? },
             0x8e => Response::Opened { epoch: r.u64()? },
-            0x8f => Response::Claimed,
+            0x8f => Response::Claimed {
+                epoch: r.u64()?,
+                adopt_from: r.text("host name", MAX_HOST_NAME_LEN)?,
+            },
+            0x91 => Response::Keys {
+                key_file: r.bytes("key file", MAX_KEY_FILE_LEN)?.to_vec(),
+            },
+            0x92 => {
+                let count = r.count("vdisk list", MAX_APPEND_VDISKS, 4)?;
+                let vdisks = (0..count)
+                    .map(|_| r.text("vdisk name", MAX_VDISK_NAME_LEN))
+                    .collect::<Result<_, _>>()?;
+                Response::Moved { vdisks }
+            }
             0x90 => Response::Scrubbed {
                 stripes: r.u64()?,
                 chunks: r.u64()?,
@@ -855,13 +1004,31 @@ mod tests {
         vec![
             Request::Append {
                 seq: 7,
+                vdisks: vec![
+                    VdiskTicket {
+                        name: "db".to_string(),
+                        epoch: 2,
+                    },
+                    VdiskTicket {
+                        name: "logs".to_string(),
+                        epoch: u64::MAX,
+                    },
+                ],
                 payload: b"frames and map updates".to_vec(),
             },
             Request::Append {
                 seq: u64::MAX,
+                vdisks: Vec::new(),
                 payload: Vec::new(),
             },
-            Request::Replay { from_seq: 3 },
+            Request::Replay {
+                from_seq: 3,
+                host: String::new(),
+            },
+            Request::Replay {
+                from_seq: 1,
+                host: "host2".to_string(),
+            },
             Request::Truncate { through_seq: 9 },
             Request::Status,
             Request::Lookup {
@@ -887,7 +1054,12 @@ mod tests {
                 through_seq: 12,
                 state: b"roots".to_vec(),
             },
-            Request::LoadCommit,
+            Request::LoadCommit {
+                host: String::new(),
+            },
+            Request::LoadCommit {
+                host: "host1".to_string(),
+            },
             Request::DriveStatus,
             Request::SetDrive {
                 drive: 3,
@@ -901,6 +1073,14 @@ mod tests {
             },
             Request::ReadRecord { seq: 41 },
             Request::Scrub,
+            Request::Adopted {
+                name: "db".to_string(),
+                epoch: 4,
+            },
+            Request::DatastoreKeys {
+                datastore: "default".to_string(),
+                offer: vec![3; 160],
+            },
         ]
     }
 
@@ -949,7 +1129,21 @@ mod tests {
             },
             Response::Rebuilt { stripes: 12 },
             Response::Opened { epoch: 3 },
-            Response::Claimed,
+            Response::Claimed {
+                epoch: 1,
+                adopt_from: String::new(),
+            },
+            Response::Claimed {
+                epoch: 9,
+                adopt_from: "host1".to_string(),
+            },
+            Response::Keys {
+                key_file: vec![1; 160],
+            },
+            Response::Moved {
+                vdisks: vec!["db".to_string(), "é".to_string()],
+            },
+            Response::Moved { vdisks: Vec::new() },
             Response::Scrubbed {
                 stripes: 10,
                 chunks: 58,
@@ -1001,6 +1195,7 @@ mod tests {
         // An append claiming a 4 GiB payload is refused on the length alone.
         let mut b = vec![1];
         b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             Request::decode(&b),
@@ -1009,6 +1204,25 @@ mod tests {
                 ..
             })
         ));
+        // ... and one naming more vdisks than any append does, or more
+        // than its bytes could hold.
+        for (count, limit) in [
+            (u32::MAX, true),
+            (MAX_APPEND_VDISKS as u32 + 1, true),
+            (3, false),
+        ] {
+            let mut b = vec![1];
+            b.extend_from_slice(&1u64.to_le_bytes());
+            b.extend_from_slice(&count.to_le_bytes());
+            b.extend_from_slice(&[0; 16]);
+            match Request::decode(&b) {
+                Err(WireError::TooLong {
+                    what: "vdisk list", ..
+                }) => assert!(limit),
+                Err(WireError::Truncated { .. }) => assert!(!limit),
+                other => panic!("{count}: {other:?}"),
+            }
+        }
         assert!(body_len(u32::MAX.to_le_bytes()).is_err());
         assert!(body_len((MAX_BODY_LEN as u32).to_le_bytes()).is_ok());
         // A fingerprint list claiming more items than bytes left.

@@ -12,7 +12,12 @@
 //! | `drive_kinds` | drive number u16 | 1 directory, 2 device (recorded when the pool first opens it) |
 //! | `meta` | `"pool_id"` | the pool's random 16-byte id, which drive labels carry |
 //! | `leases` | host name | fencing epoch u64 of the host's current lease |
-//! | `vdisks` | vdisk name | the name of the host that holds it |
+//! | `vdisk_holders` | vdisk name | epoch u64 of the vdisk's lease, holder name length u8 and name, then the name length u8 and name of the host to adopt its state from (0: none) |
+//! | `datastore_keys` | datastore name | the datastore's key file (wrapped by the master key, which the pool never sees) |
+//!
+//! (`vdisks`, vdisk name to holder, is the layout before vdisk leases had
+//! epochs: opening the catalog moves its entries to `vdisk_holders`, each
+//! at epoch 1.)
 //!
 //! A chunk's place is its byte offset on a device drive (0 on a directory
 //! drive). Records written before device drives existed list drives only
@@ -20,7 +25,9 @@
 //!
 //! A commit or a vdisk claim checks the host's lease epoch in its own
 //! transaction, so a host fenced by a newer lease can never overwrite the
-//! state its successor loaded (redb serialises write transactions).
+//! state its successor loaded (redb serialises write transactions). A
+//! claim of a vdisk another host holds takes it over: a new vdisk epoch,
+//! and the previous holder named as the host to adopt its state from.
 //!
 //! A stripe and its index entries go in one transaction, after its chunks
 //! are durable on the drives; an entry already indexed keeps its first
@@ -41,7 +48,9 @@ const FRAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("frames");
 const COMMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("commits");
 const DRIVES: TableDefinition<u16, u8> = TableDefinition::new("drives");
 const LEASES: TableDefinition<&str, u64> = TableDefinition::new("leases");
-const VDISKS: TableDefinition<&str, &str> = TableDefinition::new("vdisks");
+const OLD_VDISKS: TableDefinition<&str, &str> = TableDefinition::new("vdisks");
+const HOLDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("vdisk_holders");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("datastore_keys");
 const DRIVE_KINDS: TableDefinition<u16, u8> = TableDefinition::new("drive_kinds");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const POOL_ID: &str = "pool_id";
@@ -59,13 +68,23 @@ pub enum NamespaceError {
         /// The host's current epoch.
         current: u64,
     },
-    /// Another host holds the vdisk.
-    #[error("vdisk {vdisk:?} is held by host {holder}")]
-    Held {
+    /// The vdisk's lease is not the one the request was made under:
+    /// another claim took it over.
+    #[error("vdisk {vdisk:?} moved: host {holder} holds it at epoch {epoch}")]
+    Moved {
         /// The vdisk.
         vdisk: String,
-        /// Its holder.
+        /// Its holder now.
         holder: String,
+        /// The epoch of its lease now.
+        epoch: u64,
+    },
+    /// The vdisk's holder is not the one the claim expected (it changed
+    /// since the caller looked): look again.
+    #[error("vdisk {vdisk:?} changed hands while being claimed")]
+    Changed {
+        /// The vdisk.
+        vdisk: String,
     },
     /// The catalog could not be read or written.
     #[error(transparent)]
@@ -78,6 +97,67 @@ impl From<redb::Error> for NamespaceError {
     }
 }
 const RECORD_HEADER: usize = 11;
+
+/// Who holds a vdisk, under which lease, and whose state it has yet to
+/// adopt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VdiskHolder {
+    /// The host serving the vdisk.
+    pub host: String,
+    /// The epoch of its lease of the vdisk: appends naming the vdisk under
+    /// another epoch are refused.
+    pub epoch: u64,
+    /// The host whose committed state and NVLOG still hold the vdisk's
+    /// latest content, until the holder reports it adopted.
+    pub adopt_from: Option<String>,
+}
+
+impl VdiskHolder {
+    /// The record's bytes in the catalog.
+    pub fn encode(&self) -> Vec<u8> {
+        let source = self.adopt_from.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(10 + self.host.len() + source.len());
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        for name in [self.host.as_str(), source] {
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+        }
+        out
+    }
+
+    /// Decodes vdisk `vdisk`'s record (for errors only); any bytes give a
+    /// holder with a host name, or an error.
+    pub fn decode(vdisk: &str, bytes: &[u8]) -> anyhow::Result<VdiskHolder> {
+        let bad = || {
+            anyhow::anyhow!(
+                "vdisk {vdisk:?}: holder record of {} bytes is damaged",
+                bytes.len()
+            )
+        };
+        let epoch = u64::from_le_bytes(
+            bytes
+                .get(..8)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        let mut rest = &bytes[8..];
+        let mut name = || -> anyhow::Result<String> {
+            let (&len, tail) = rest.split_first().ok_or_else(bad)?;
+            let text = tail.get(..usize::from(len)).ok_or_else(bad)?;
+            rest = &tail[usize::from(len)..];
+            String::from_utf8(text.to_vec()).map_err(|_| bad())
+        };
+        let host = name()?;
+        let source = name()?;
+        anyhow::ensure!(rest.is_empty() && !host.is_empty(), bad());
+        Ok(VdiskHolder {
+            host,
+            epoch,
+            adopt_from: (!source.is_empty()).then_some(source),
+        })
+    }
+}
 
 /// Where a stripe's chunks are and how long they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +270,9 @@ impl Catalog {
         tx.open_table(COMMITS)?;
         tx.open_table(DRIVES)?;
         tx.open_table(LEASES)?;
-        tx.open_table(VDISKS)?;
+        tx.open_table(KEYS)?;
         tx.open_table(DRIVE_KINDS)?;
+        migrate_vdisk_holders(&tx)?;
         {
             let mut meta = tx.open_table(META)?;
             if meta.get(POOL_ID)?.is_none() {
@@ -399,32 +480,141 @@ impl Catalog {
         Ok(epoch)
     }
 
-    /// Records `host`, under lease `epoch`, as the holder of vdisk `vdisk`
-    /// (a no-op if it already is).
-    pub fn claim_vdisk(&self, host: &str, epoch: u64, vdisk: &str) -> Result<(), NamespaceError> {
+    /// Records `host`, under its lease `epoch`, as the holder of vdisk
+    /// `vdisk`, provided `expected` still holds it (`None`: nobody), and
+    /// returns the vdisk's lease. Claiming a vdisk the host holds returns
+    /// the lease it has; claiming one another host holds takes it over: a
+    /// new epoch, and that host (or, if it had not finished adopting the
+    /// vdisk, the one it was adopting from) is the one to adopt from.
+    pub fn claim_vdisk(
+        &self,
+        host: &str,
+        epoch: u64,
+        vdisk: &str,
+        expected: Option<&str>,
+    ) -> Result<VdiskHolder, NamespaceError> {
         let tx = self.db.begin_write().map_err(redb::Error::from)?;
         check_lease(&tx, host, epoch)?;
-        {
-            let mut vdisks = tx.open_table(VDISKS).map_err(redb::Error::from)?;
-            let holder = vdisks
-                .get(vdisk)
-                .map_err(redb::Error::from)?
-                .map(|v| v.value().to_string());
-            match holder {
-                Some(holder) if holder == host => return Ok(()),
-                Some(holder) => {
-                    return Err(NamespaceError::Held {
+        let claim = {
+            let mut holders = tx.open_table(HOLDERS).map_err(redb::Error::from)?;
+            let current = match holders.get(vdisk).map_err(redb::Error::from)? {
+                Some(v) => Some(VdiskHolder::decode(vdisk, v.value())?),
+                None => None,
+            };
+            if current.as_ref().map(|h| h.host.as_str()) != expected {
+                return Err(NamespaceError::Changed {
+                    vdisk: vdisk.to_string(),
+                });
+            }
+            let claim = match current {
+                Some(held) if held.host == host => return Ok(held),
+                Some(held) => VdiskHolder {
+                    host: host.to_string(),
+                    epoch: held.epoch + 1,
+                    adopt_from: Some(held.adopt_from.unwrap_or(held.host)),
+                },
+                None => VdiskHolder {
+                    host: host.to_string(),
+                    epoch: 1,
+                    adopt_from: None,
+                },
+            };
+            holders
+                .insert(vdisk, claim.encode().as_slice())
+                .map_err(redb::Error::from)?;
+            claim
+        };
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(claim)
+    }
+
+    /// Records that `host`, holding vdisk `vdisk` at `vdisk_epoch` under
+    /// its lease `epoch`, has the vdisk's state in its own log: nothing is
+    /// left to adopt.
+    pub fn adopted(
+        &self,
+        host: &str,
+        epoch: u64,
+        vdisk: &str,
+        vdisk_epoch: u64,
+    ) -> Result<VdiskHolder, NamespaceError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        check_lease(&tx, host, epoch)?;
+        let holder = {
+            let mut holders = tx.open_table(HOLDERS).map_err(redb::Error::from)?;
+            let current = match holders.get(vdisk).map_err(redb::Error::from)? {
+                Some(v) => Some(VdiskHolder::decode(vdisk, v.value())?),
+                None => None,
+            };
+            let mut holder = match current {
+                Some(h) if h.host == host && h.epoch == vdisk_epoch => h,
+                Some(h) => {
+                    return Err(NamespaceError::Moved {
                         vdisk: vdisk.to_string(),
-                        holder,
+                        holder: h.host,
+                        epoch: h.epoch,
                     })
                 }
                 None => {
-                    vdisks.insert(vdisk, host).map_err(redb::Error::from)?;
+                    return Err(NamespaceError::Moved {
+                        vdisk: vdisk.to_string(),
+                        holder: "nobody".to_string(),
+                        epoch: 0,
+                    })
+                }
+            };
+            holder.adopt_from = None;
+            holders
+                .insert(vdisk, holder.encode().as_slice())
+                .map_err(redb::Error::from)?;
+            holder
+        };
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(holder)
+    }
+
+    /// Every vdisk's holder.
+    pub fn vdisk_holders(&self) -> anyhow::Result<Vec<(String, VdiskHolder)>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(HOLDERS)?;
+        table
+            .iter()?
+            .map(|entry| {
+                let (name, value) = entry?;
+                let name = name.value().to_string();
+                let holder = VdiskHolder::decode(&name, value.value())?;
+                Ok((name, holder))
+            })
+            .collect()
+    }
+
+    /// The key file of datastore `datastore`: the one kept, or else
+    /// `offer`, which is kept from now on (under `host`'s lease `epoch`).
+    pub fn share_keys(
+        &self,
+        host: &str,
+        epoch: u64,
+        datastore: &str,
+        offer: &[u8],
+    ) -> Result<Vec<u8>, NamespaceError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        check_lease(&tx, host, epoch)?;
+        let kept = {
+            let mut keys = tx.open_table(KEYS).map_err(redb::Error::from)?;
+            let kept = keys
+                .get(datastore)
+                .map_err(redb::Error::from)?
+                .map(|v| v.value().to_vec());
+            match kept {
+                Some(kept) => kept,
+                None => {
+                    keys.insert(datastore, offer).map_err(redb::Error::from)?;
+                    offer.to_vec()
                 }
             }
-        }
+        };
         tx.commit().map_err(redb::Error::from)?;
-        Ok(())
+        Ok(kept)
     }
 
     /// `host`'s last committed state and the NVLOG record it covers.
@@ -440,6 +630,32 @@ impl Catalog {
         through.copy_from_slice(&v[..8]);
         Ok(Some((u64::from_le_bytes(through), v[8..].to_vec())))
     }
+}
+
+/// Moves the holders of the layout before vdisk epochs (`vdisks`) into
+/// `vdisk_holders`, each at epoch 1.
+fn migrate_vdisk_holders(tx: &redb::WriteTransaction) -> anyhow::Result<()> {
+    let mut old = tx.open_table(OLD_VDISKS)?;
+    let mut holders = tx.open_table(HOLDERS)?;
+    let entries: Vec<(String, String)> = old
+        .iter()?
+        .map(|entry| {
+            let (name, host) = entry?;
+            Ok((name.value().to_string(), host.value().to_string()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for (name, host) in entries {
+        if holders.get(name.as_str())?.is_none() {
+            let holder = VdiskHolder {
+                host,
+                epoch: 1,
+                adopt_from: None,
+            };
+            holders.insert(name.as_str(), holder.encode().as_slice())?;
+        }
+        old.remove(name.as_str())?;
+    }
+    Ok(())
 }
 
 /// Refuses a change made under `epoch` unless it is `host`'s current lease.
@@ -615,7 +831,7 @@ mod tests {
             Err(NamespaceError::Fenced { current: 0, .. })
         ));
         let old = catalog.take_lease("h1").unwrap();
-        catalog.claim_vdisk("h1", old, "db").unwrap();
+        catalog.claim_vdisk("h1", old, "db", None).unwrap();
         catalog.commit("h1", old, 5, b"first").unwrap();
         let new = catalog.take_lease("h1").unwrap();
         assert_eq!(new, old + 1);
@@ -624,28 +840,133 @@ mod tests {
             Err(NamespaceError::Fenced { held, current, .. }) if held == old && current == new
         ));
         assert!(matches!(
-            catalog.claim_vdisk("h1", old, "other"),
+            catalog.claim_vdisk("h1", old, "other", None),
             Err(NamespaceError::Fenced { .. })
         ));
         assert_eq!(
             catalog.load_commit("h1").unwrap(),
             Some((5, b"first".to_vec()))
         );
-        // The same host keeps its vdisk under the new lease; another host
-        // cannot take it.
-        catalog.claim_vdisk("h1", new, "db").unwrap();
-        let h2 = catalog.take_lease("h2").unwrap();
-        assert!(matches!(
-            catalog.claim_vdisk("h2", h2, "db"),
-            Err(NamespaceError::Held { holder, .. }) if holder == "h1"
-        ));
-        catalog.claim_vdisk("h2", h2, "logs").unwrap();
+        // The same host keeps its vdisk, and the vdisk's epoch, under the
+        // new lease.
+        let first = VdiskHolder {
+            host: "h1".to_string(),
+            epoch: 1,
+            adopt_from: None,
+        };
+        assert_eq!(
+            catalog.claim_vdisk("h1", new, "db", Some("h1")).unwrap(),
+            first
+        );
         drop(catalog);
         let catalog = Catalog::open(dir.path()).unwrap();
         assert_eq!(catalog.lease_epoch("h1").unwrap(), new);
+        assert_eq!(
+            catalog.vdisk_holders().unwrap(),
+            vec![("db".to_string(), first)]
+        );
+    }
+
+    #[test]
+    fn a_claim_of_a_held_vdisk_takes_it_over_and_names_the_state_to_adopt() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let h1 = catalog.take_lease("h1").unwrap();
+        let h2 = catalog.take_lease("h2").unwrap();
+        let h3 = catalog.take_lease("h3").unwrap();
+        catalog.claim_vdisk("h1", h1, "db", None).unwrap();
+        // A claim that looked at an old holder is told to look again.
         assert!(matches!(
-            catalog.claim_vdisk("h1", new, "logs"),
-            Err(NamespaceError::Held { .. })
+            catalog.claim_vdisk("h2", h2, "db", None),
+            Err(NamespaceError::Changed { .. })
         ));
+        let moved = catalog.claim_vdisk("h2", h2, "db", Some("h1")).unwrap();
+        assert_eq!(
+            moved,
+            VdiskHolder {
+                host: "h2".to_string(),
+                epoch: 2,
+                adopt_from: Some("h1".to_string()),
+            }
+        );
+        // Asking again (a restart before adopting) still says adopt.
+        assert_eq!(
+            catalog.claim_vdisk("h2", h2, "db", Some("h2")).unwrap(),
+            moved
+        );
+        // A third host taking it before h2 adopted must adopt from h1, not
+        // from h2, whose log never got the vdisk's state.
+        let third = catalog.claim_vdisk("h3", h3, "db", Some("h2")).unwrap();
+        assert_eq!(third.epoch, 3);
+        assert_eq!(third.adopt_from.as_deref(), Some("h1"));
+        // h2's report comes too late; h3's clears the adoption.
+        assert!(matches!(
+            catalog.adopted("h2", h2, "db", 2),
+            Err(NamespaceError::Moved { epoch: 3, .. })
+        ));
+        let done = catalog.adopted("h3", h3, "db", 3).unwrap();
+        assert_eq!(done.adopt_from, None);
+        // From h3 it moves on, adopting from h3.
+        let back = catalog.claim_vdisk("h1", h1, "db", Some("h3")).unwrap();
+        assert_eq!((back.epoch, back.adopt_from.as_deref()), (4, Some("h3")));
+        // The catalog keeps the datastore keys first offered.
+        assert_eq!(
+            catalog.share_keys("h1", h1, "default", b"one").unwrap(),
+            b"one"
+        );
+        assert_eq!(
+            catalog.share_keys("h2", h2, "default", b"two").unwrap(),
+            b"one"
+        );
+        assert!(matches!(
+            catalog.share_keys("h2", h2 - 1, "other", b"x"),
+            Err(NamespaceError::Fenced { .. })
+        ));
+    }
+
+    #[test]
+    fn holders_of_the_layout_before_vdisk_epochs_move_at_epoch_one() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("catalog.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(OLD_VDISKS)
+                .unwrap()
+                .insert("db", "h1")
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let catalog = Catalog::open(dir.path()).unwrap();
+        assert_eq!(
+            catalog.vdisk_holders().unwrap(),
+            vec![(
+                "db".to_string(),
+                VdiskHolder {
+                    host: "h1".to_string(),
+                    epoch: 1,
+                    adopt_from: None,
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn damaged_holder_records_are_errors() {
+        let good = VdiskHolder {
+            host: "h1".to_string(),
+            epoch: 7,
+            adopt_from: Some("h2".to_string()),
+        }
+        .encode();
+        assert!(VdiskHolder::decode("db", &good).is_ok());
+        for cut in 0..good.len() {
+            assert!(
+                VdiskHolder::decode("db", &good[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(VdiskHolder::decode("db", &longer).is_err());
     }
 }

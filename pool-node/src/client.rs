@@ -80,9 +80,15 @@ impl PoolClient {
         }
     }
 
-    /// Appends record `seq` and waits until it is durable.
+    /// Appends record `seq`, which changes no vdisk, and waits until it is
+    /// durable.
     pub async fn append(&mut self, seq: u64, payload: Vec<u8>) -> anyhow::Result<()> {
-        match self.call(&Request::Append { seq, payload }).await? {
+        let request = Request::Append {
+            seq,
+            vdisks: Vec::new(),
+            payload,
+        };
+        match self.call(&request).await? {
             Response::Appended { seq: s } if s == seq => Ok(()),
             other => bail!("append {seq}: pool {} answered {other:?}", self.pool),
         }
@@ -108,7 +114,11 @@ impl PoolClient {
         from_seq: u64,
         mut each: impl FnMut(u64, Vec<u8>) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        self.send(&Request::Replay { from_seq }).await?;
+        let request = Request::Replay {
+            from_seq,
+            host: String::new(),
+        };
+        self.send(&request).await?;
         loop {
             match self.recv().await? {
                 Response::Record { seq, payload } => each(seq, payload)?,

@@ -2,7 +2,8 @@
 //!
 //! It serves each host's NVLOG ([`nvlog`]) and the erasure-coded stripes
 //! of the drive pool ([`stripes`] over [`drives`], found through the redb
-//! [`catalog`]) over mutually authenticated TLS ([`server`]); [`client`]
+//! [`catalog`]) over mutually authenticated TLS ([`server`]), and which
+//! host holds each vdisk ([`vdisk_leases`]); [`client`]
 //! is the host's side; [`process`] runs a pool node as a child process
 //! for harnesses.
 
@@ -13,3 +14,4 @@ pub mod nvlog;
 pub mod process;
 pub mod server;
 pub mod stripes;
+pub mod vdisk_leases;

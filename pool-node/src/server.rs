@@ -18,6 +18,12 @@
 //! after it that carries an older epoch is refused, so a strata-host that
 //! took over replays a log its fenced predecessor can no longer extend.
 //! Commits and vdisk claims check the epoch in their catalog transaction.
+//!
+//! Vdisk leases: an append names the vdisks it changes, each with the
+//! epoch of the host's lease of that vdisk, and is refused whole
+//! ([`Response::Moved`]) unless the host still holds every one. A claim of
+//! a vdisk another host holds runs in that host's log writer thread, in
+//! order with its appends, and takes the vdisk over ([`VdiskLeases`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,7 +35,7 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use strata_common::pki::ADMIN_NAME;
-use strata_common::wire::{self, code, Request, Response};
+use strata_common::wire::{self, code, Request, Response, VdiskTicket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -39,6 +45,7 @@ use crate::catalog::NamespaceError;
 use crate::drives::Drives;
 use crate::nvlog::{record_bytes, Nvlog};
 use crate::stripes::{DriveReport, StripeError, StripeStore};
+use crate::vdisk_leases::VdiskLeases;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +53,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_GROUP: usize = 512;
 /// Most drive-pool requests (stripes, frame reads) served at once.
 const MAX_STRIPE_REQUESTS: usize = 4;
+/// How many times a vdisk claim looks again when the vdisk changed hands
+/// while it was being claimed.
+const CLAIM_ATTEMPTS: usize = 4;
 
 /// What the pool serves from.
 #[derive(Debug, Clone)]
@@ -64,7 +74,17 @@ enum LogOp {
     Append {
         seq: u64,
         epoch: u64,
+        vdisks: Vec<VdiskTicket>,
         payload: Vec<u8>,
+        done: oneshot::Sender<Response>,
+    },
+    /// A claim of a vdisk this log's host holds (or, when nobody holds it,
+    /// the claimant's own log).
+    Claim {
+        claimant: String,
+        epoch: u64,
+        vdisk: String,
+        expected: Option<String>,
         done: oneshot::Sender<Response>,
     },
     Truncate {
@@ -107,6 +127,7 @@ impl HostLog {
         settings: &PoolSettings,
         host: &str,
         stripes: Arc<StripeStore>,
+        leases: Arc<VdiskLeases>,
     ) -> anyhow::Result<Arc<HostLog>> {
         let dir = settings.data_dir.join("nvlog").join(host);
         let log = Nvlog::open(&dir)?;
@@ -131,7 +152,7 @@ impl HostLog {
         let weak = Arc::downgrade(&host_log);
         std::thread::Builder::new()
             .name(format!("nvlog-{host}"))
-            .spawn(move || run_writer(log, rx, weak, &stripes))?;
+            .spawn(move || run_writer(log, rx, weak, &stripes, &leases))?;
         Ok(host_log)
     }
 
@@ -200,6 +221,7 @@ fn run_writer(
     ops: std_mpsc::Receiver<LogOp>,
     host: std::sync::Weak<HostLog>,
     stripes: &StripeStore,
+    leases: &VdiskLeases,
 ) {
     let mut pending: Option<LogOp> = None;
     loop {
@@ -214,18 +236,32 @@ fn run_writer(
             LogOp::Append {
                 seq,
                 epoch,
+                vdisks,
                 payload,
                 done,
             } => {
-                let mut group = vec![(seq, epoch, payload, done)];
+                let mut group = vec![GroupAppend {
+                    seq,
+                    epoch,
+                    vdisks,
+                    payload,
+                    done,
+                }];
                 while group.len() < MAX_GROUP {
                     match ops.try_recv() {
                         Ok(LogOp::Append {
                             seq,
                             epoch,
+                            vdisks,
                             payload,
                             done,
-                        }) => group.push((seq, epoch, payload, done)),
+                        }) => group.push(GroupAppend {
+                            seq,
+                            epoch,
+                            vdisks,
+                            payload,
+                            done,
+                        }),
                         Ok(other) => {
                             pending = Some(other);
                             break;
@@ -233,7 +269,34 @@ fn run_writer(
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut log, group, &host);
+                commit_group(&mut log, group, &host, leases);
+            }
+            LogOp::Claim {
+                claimant,
+                epoch,
+                vdisk,
+                expected,
+                done,
+            } => {
+                let claimed =
+                    stripes
+                        .catalog()
+                        .claim_vdisk(&claimant, epoch, &vdisk, expected.as_deref());
+                let response = match claimed {
+                    Ok(holder) => {
+                        if let Some(source) = &holder.adopt_from {
+                            tracing::info!(vdisk, host = %claimant, epoch = holder.epoch, from = %source,
+                                "vdisk taken over: its earlier holder is fenced for it");
+                        }
+                        leases.set(&vdisk, holder.clone());
+                        Response::Claimed {
+                            epoch: holder.epoch,
+                            adopt_from: holder.adopt_from.unwrap_or_default(),
+                        }
+                    }
+                    Err(e) => namespace_error(&claimant, &format!("claiming vdisk {vdisk:?}"), e),
+                };
+                let _ = done.send(response);
             }
             LogOp::TakeLease { done } => {
                 // Every connection that sends ops holds the host log.
@@ -316,26 +379,46 @@ fn run_writer(
     }
 }
 
+/// One append of a group commit.
+struct GroupAppend {
+    seq: u64,
+    epoch: u64,
+    vdisks: Vec<VdiskTicket>,
+    payload: Vec<u8>,
+    done: oneshot::Sender<Response>,
+}
+
 /// Makes a group of appends durable together and answers each; appends
-/// whose sequence number is not above the one before fail alone.
+/// under a fenced lease, naming a vdisk the host no longer holds, or whose
+/// sequence number is not above the one before fail alone.
 fn commit_group(
     log: &mut Nvlog,
-    group: Vec<(u64, u64, Vec<u8>, oneshot::Sender<Response>)>,
+    group: Vec<GroupAppend>,
     host: &std::sync::Weak<HostLog>,
+    leases: &VdiskLeases,
 ) {
     let Some(host) = host.upgrade() else { return };
     let mut last = log.last_seq();
     let verdicts: Vec<Result<(), Response>> = group
         .iter()
-        .map(|(seq, epoch, _, _)| {
-            host.check_lease(Some(*epoch))?;
-            if *seq <= last {
+        .map(|append| {
+            let seq = append.seq;
+            host.check_lease(Some(append.epoch))?;
+            // Before the vdisks: a record resent after a lost connection
+            // may have been durable before its vdisk moved.
+            if seq <= last {
                 return Err(Response::Error {
                     code: code::STALE_SEQUENCE,
                     message: format!("sequence {seq} is not above the last appended"),
                 });
             }
-            last = *seq;
+            let moved = leases.not_held(&host.host, &append.vdisks);
+            if !moved.is_empty() {
+                tracing::warn!(host = %host.host, seq, vdisks = ?moved,
+                    "append refused: it names vdisks another host took over");
+                return Err(Response::Moved { vdisks: moved });
+            }
+            last = seq;
             Ok(())
         })
         .collect();
@@ -343,13 +426,16 @@ fn commit_group(
         .iter()
         .zip(&verdicts)
         .filter(|(_, verdict)| verdict.is_ok())
-        .map(|((seq, _, payload, _), _)| (*seq, payload.as_slice()))
+        .map(|(append, _)| (append.seq, append.payload.as_slice()))
         .collect();
     let result = log.append_batch(&batch);
     drop(batch);
     let mut unused = 0;
     let mut answers = Vec::with_capacity(group.len());
-    for ((seq, _, payload, done), verdict) in group.into_iter().zip(verdicts) {
+    for (append, verdict) in group.into_iter().zip(verdicts) {
+        let GroupAppend {
+            seq, payload, done, ..
+        } = append;
         let response = match (&result, verdict) {
             (Ok(()), Ok(())) => Response::Appended { seq },
             (Err(e), Ok(())) => storage_error(e),
@@ -388,6 +474,7 @@ pub struct PoolServer {
     settings: PoolSettings,
     logs: Mutex<HashMap<String, Arc<HostLog>>>,
     stripes: Arc<StripeStore>,
+    leases: Arc<VdiskLeases>,
     /// Bounds the drive-pool requests being served at once (each may hold
     /// a stripe of several MiB); a connection waits for a permit before it
     /// reads its next request.
@@ -407,6 +494,7 @@ impl PoolServer {
             settings.drives.clone()
         };
         let stripes = Arc::new(StripeStore::open(&settings.data_dir, drives)?);
+        let leases = Arc::new(VdiskLeases::load(stripes.catalog())?);
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -416,6 +504,7 @@ impl PoolServer {
             settings,
             logs: Mutex::new(HashMap::new()),
             stripes,
+            leases,
             stripe_permits: Arc::new(Semaphore::new(MAX_STRIPE_REQUESTS)),
         }))
     }
@@ -446,7 +535,12 @@ impl PoolServer {
         if let Some(log) = logs.get(host) {
             return Ok(log.clone());
         }
-        let log = HostLog::open(&self.settings, host, self.stripes.clone())?;
+        let log = HostLog::open(
+            &self.settings,
+            host,
+            self.stripes.clone(),
+            self.leases.clone(),
+        )?;
         logs.insert(host.to_string(), log.clone());
         Ok(log)
     }
@@ -663,7 +757,7 @@ async fn open_lease(log: &HostLog, epoch: u64) -> Response {
 
 /// Turns one request into its pending response.
 async fn handle(
-    log: &HostLog,
+    log: &Arc<HostLog>,
     lease: Option<u64>,
     appender: &mpsc::Sender<LogOp>,
     server: &PoolServer,
@@ -675,7 +769,9 @@ async fn handle(
         | Request::Truncate { .. }
         | Request::PutStripe { .. }
         | Request::Commit { .. }
-        | Request::ClaimVdisk { .. } => match log.check_lease(lease) {
+        | Request::ClaimVdisk { .. }
+        | Request::Adopted { .. }
+        | Request::DatastoreKeys { .. } => match log.check_lease(lease) {
             Ok(epoch) => epoch,
             Err(refused) => return Pending::Ready(refused),
         },
@@ -683,12 +779,16 @@ async fn handle(
     };
     let (tx, rx) = oneshot::channel();
     let op = match request {
+        Request::ClaimVdisk { name } => {
+            return Pending::Ready(claim_vdisk(server, log, epoch, name).await);
+        }
         Request::Lookup { .. }
         | Request::PutStripe { .. }
         | Request::GetFrames { .. }
         | Request::Commit { .. }
-        | Request::ClaimVdisk { .. }
-        | Request::LoadCommit
+        | Request::Adopted { .. }
+        | Request::DatastoreKeys { .. }
+        | Request::LoadCommit { .. }
         | Request::DriveStatus
         | Request::SetDrive { .. }
         | Request::Rebuild
@@ -701,14 +801,19 @@ async fn handle(
                 });
             };
             let stripes = server.stripes.clone();
+            let leases = server.leases.clone();
             let host = log.host.clone();
             tokio::task::spawn_blocking(move || {
-                let _ = tx.send(serve_pool_request(&stripes, &host, epoch, request));
+                let _ = tx.send(serve_pool_request(&stripes, &leases, &host, epoch, request));
                 drop(permit);
             });
             return Pending::Later(rx);
         }
-        Request::Append { seq, payload } => {
+        Request::Append {
+            seq,
+            vdisks,
+            payload,
+        } => {
             let bytes = record_bytes(payload.len());
             if bytes > log.quota {
                 return Pending::Ready(Response::Error {
@@ -722,6 +827,7 @@ async fn handle(
             let op = LogOp::Append {
                 seq,
                 epoch,
+                vdisks,
                 payload,
                 done: tx,
             };
@@ -740,9 +846,13 @@ async fn handle(
         },
         Request::Status => LogOp::Status { done: tx },
         Request::ReadRecord { seq } => LogOp::Read { seq, done: tx },
-        Request::Replay { from_seq } => {
+        Request::Replay { from_seq, host } => {
+            let source = match log_to_read(server, log, &host) {
+                Ok(source) => source,
+                Err(refused) => return Pending::Ready(refused),
+            };
             let (out, records) = mpsc::channel(64);
-            return match log.send(LogOp::Replay { from_seq, out }) {
+            return match source.send(LogOp::Replay { from_seq, out }) {
                 Ok(()) => Pending::Stream(records),
                 Err(e) => Pending::Ready(e),
             };
@@ -754,10 +864,112 @@ async fn handle(
     }
 }
 
+/// The log a replay of `whose` log (empty: the asking host's own) reads:
+/// another host's only while the asking host adopts a vdisk from it.
+fn log_to_read(
+    server: &PoolServer,
+    log: &Arc<HostLog>,
+    whose: &str,
+) -> Result<Arc<HostLog>, Response> {
+    if whose.is_empty() || whose == log.host {
+        return Ok(log.clone());
+    }
+    may_read_state_of(&server.leases, &log.host, whose)?;
+    tokio::task::block_in_place(|| server.host_log(whose)).map_err(|e| {
+        tracing::error!(host = %log.host, source = whose, error = %format!("{e:#}"), "cannot open a host's NVLOG to adopt from");
+        Response::Error {
+            code: code::STORAGE,
+            message: format!("cannot open the NVLOG of host {whose}: {e:#}"),
+        }
+    })
+}
+
+/// Refuses `host` a read of `source`'s commit or log unless it is adopting
+/// a vdisk from it.
+fn may_read_state_of(leases: &VdiskLeases, host: &str, source: &str) -> Result<(), Response> {
+    if leases.adopting_from(host, source) {
+        return Ok(());
+    }
+    tracing::warn!(
+        host,
+        source,
+        "refused a read of another host's state: no vdisk is being adopted from it"
+    );
+    Err(Response::Error {
+        code: code::FENCED,
+        message: format!(
+            "host {host} adopts no vdisk from host {source}: its state is not {host}'s to read"
+        ),
+    })
+}
+
+/// Claims vdisk `name` for `log`'s host under its lease `epoch`. The claim
+/// runs in the log writer thread of the host that holds the vdisk (its
+/// own when nobody does), so a takeover is in order with the previous
+/// holder's appends; if the vdisk changed hands meanwhile, it looks again.
+async fn claim_vdisk(
+    server: &PoolServer,
+    log: &Arc<HostLog>,
+    epoch: u64,
+    name: String,
+) -> Response {
+    for _ in 0..CLAIM_ATTEMPTS {
+        let expected = server.leases.get(&name).map(|h| h.host);
+        let writer = match expected.as_deref() {
+            Some(holder) if holder != log.host => {
+                match tokio::task::block_in_place(|| server.host_log(holder)) {
+                    Ok(writer) => writer,
+                    Err(e) => {
+                        return Response::Error {
+                            code: code::STORAGE,
+                            message: format!("cannot open the NVLOG of host {holder}, which holds vdisk {name:?}: {e:#}"),
+                        }
+                    }
+                }
+            }
+            _ => log.clone(),
+        };
+        let (done, answer) = oneshot::channel();
+        let op = LogOp::Claim {
+            claimant: log.host.clone(),
+            epoch,
+            vdisk: name.clone(),
+            expected,
+            done,
+        };
+        if let Err(e) = writer.send(op) {
+            return e;
+        }
+        match answer.await {
+            Ok(Response::Error {
+                code: code::CHANGED,
+                ..
+            }) => continue,
+            Ok(response) => return response,
+            Err(_) => {
+                return Response::Error {
+                    code: code::STORAGE,
+                    message: format!("NVLOG of host {} stopped", writer.host),
+                }
+            }
+        }
+    }
+    Response::Error {
+        code: code::STORAGE,
+        message: format!("vdisk {name:?} kept changing hands; claim it again"),
+    }
+}
+
 /// Answers a request about the drive pool or the host's committed state
 /// (blocking: drive and catalog I/O); `epoch` is the connection's lease,
-/// checked again by the catalog for commits and claims.
-fn serve_pool_request(stripes: &StripeStore, host: &str, epoch: u64, request: Request) -> Response {
+/// checked again by the catalog for commits, adoptions and keys.
+fn serve_pool_request(
+    stripes: &StripeStore,
+    leases: &VdiskLeases,
+    host: &str,
+    epoch: u64,
+    request: Request,
+) -> Response {
     let failed = |code: u16, what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(host, error = %e, "{what} failed");
         Response::Error {
@@ -789,17 +1001,48 @@ fn serve_pool_request(stripes: &StripeStore, host: &str, epoch: u64, request: Re
                 Err(e) => namespace_error(host, "commit", e),
             }
         }
-        Request::ClaimVdisk { name } => match stripes.catalog().claim_vdisk(host, epoch, &name) {
-            Ok(()) => Response::Claimed,
-            Err(e) => namespace_error(host, &format!("claiming vdisk {name:?}"), e),
-        },
-        Request::LoadCommit => match stripes.catalog().load_commit(host) {
-            Ok(commit) => {
-                let (through_seq, state) = commit.unwrap_or_default();
-                Response::Commit { through_seq, state }
+        Request::Adopted {
+            name,
+            epoch: vdisk_epoch,
+        } => match stripes.catalog().adopted(host, epoch, &name, vdisk_epoch) {
+            Ok(holder) => {
+                tracing::info!(host, vdisk = name, epoch = vdisk_epoch, "vdisk adopted");
+                leases.set(&name, holder.clone());
+                Response::Claimed {
+                    epoch: holder.epoch,
+                    adopt_from: String::new(),
+                }
             }
-            Err(e) => failed(code::STORAGE, "loading the commit", &format!("{e:#}")),
+            Err(e) => namespace_error(host, &format!("adopting vdisk {name:?}"), e),
         },
+        Request::DatastoreKeys { datastore, offer } => {
+            match stripes
+                .catalog()
+                .share_keys(host, epoch, &datastore, &offer)
+            {
+                Ok(key_file) => Response::Keys { key_file },
+                Err(e) => namespace_error(host, &format!("keys of datastore {datastore:?}"), e),
+            }
+        }
+        Request::LoadCommit { host: whose } => {
+            let whose = if whose.is_empty() {
+                host.to_string()
+            } else {
+                whose
+            };
+            if whose != host {
+                if let Err(refused) = may_read_state_of(leases, host, &whose) {
+                    return refused;
+                }
+            }
+            match stripes.catalog().load_commit(&whose) {
+                Ok(commit) => {
+                    let (through_seq, state) = commit.unwrap_or_default();
+                    Response::Commit { through_seq, state }
+                }
+                Err(e) => failed(code::STORAGE, "loading the commit", &format!("{e:#}")),
+            }
+        }
         Request::DriveStatus => match stripes.drive_report() {
             Ok(report) => drives_response(report),
             Err(e) => stripe_error("drive status", e),
@@ -814,8 +1057,8 @@ fn serve_pool_request(stripes: &StripeStore, host: &str, epoch: u64, request: Re
 /// The error response for a refused commit or claim, logged.
 fn namespace_error(host: &str, what: &str, e: NamespaceError) -> Response {
     let code = match e {
-        NamespaceError::Fenced { .. } => code::FENCED,
-        NamespaceError::Held { .. } => code::HELD,
+        NamespaceError::Fenced { .. } | NamespaceError::Moved { .. } => code::FENCED,
+        NamespaceError::Changed { .. } => code::CHANGED,
         NamespaceError::Storage(_) => code::STORAGE,
     };
     tracing::warn!(host, error = %format!("{e:#}"), "{what} refused");

@@ -12,7 +12,7 @@ use strata_common::erasure;
 use strata_common::fingerprint::Fingerprint;
 use strata_common::pki::{ClusterDir, ADMIN_NAME};
 use strata_common::tls;
-use strata_common::wire::{code, DriveState, Request, Response, StripeEntry};
+use strata_common::wire::{code, DriveState, Request, Response, StripeEntry, VdiskTicket};
 use strata_pool::client::PoolClient;
 use strata_pool::process::{PoolCommand, PoolProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,6 +108,7 @@ async fn append_replay_truncate_over_mutual_tls() {
     match client
         .call(&Request::Append {
             seq: 20,
+            vdisks: Vec::new(),
             payload: vec![1],
         })
         .await
@@ -223,6 +224,7 @@ async fn acknowledged_appends_survive_kill_9_under_load() {
                 client
                     .send(&Request::Append {
                         seq: next,
+                        vdisks: Vec::new(),
                         payload: payload(next),
                     })
                     .await?;
@@ -281,6 +283,7 @@ async fn a_host_at_its_quota_waits_for_truncation() {
         writer
             .send(&Request::Append {
                 seq,
+                vdisks: Vec::new(),
                 payload: record.clone(),
             })
             .await
@@ -322,6 +325,7 @@ async fn a_host_at_its_quota_waits_for_truncation() {
     match writer
         .call(&Request::Append {
             seq: 5,
+            vdisks: Vec::new(),
             payload: vec![0; 64 << 10],
         })
         .await
@@ -397,6 +401,7 @@ async fn a_new_lease_fences_every_connection_of_the_old_one() {
         .expect("connect");
     let append = |seq: u64| Request::Append {
         seq,
+        vdisks: Vec::new(),
         payload: payload(seq),
     };
     assert_eq!(refusal(&mut bare, append(1)).await, code::FENCED);
@@ -473,7 +478,10 @@ async fn a_new_lease_fences_every_connection_of_the_old_one() {
         .await
         .expect("append under the new lease");
     match new.call(&Request::ClaimVdisk { name: "db".into() }).await {
-        Ok(Response::Claimed) => {}
+        Ok(Response::Claimed {
+            epoch: 1,
+            adopt_from,
+        }) if adopt_from.is_empty() => {}
         other => panic!("claim answered {other:?}"),
     }
     let (records, last) = new.replay(0).await.expect("replay");
@@ -481,13 +489,178 @@ async fn a_new_lease_fences_every_connection_of_the_old_one() {
     for (seq, bytes) in &records {
         assert_eq!(*bytes, payload(*seq), "record {seq}");
     }
-    // Another host cannot claim a vdisk h1 holds.
+}
+
+/// An append of `seq` that changes vdisk `name` under its lease `epoch`.
+fn vdisk_append(seq: u64, name: &str, epoch: u64) -> Request {
+    Request::Append {
+        seq,
+        vdisks: vec![VdiskTicket {
+            name: name.to_string(),
+            epoch,
+        }],
+        payload: payload(seq),
+    }
+}
+
+#[tokio::test]
+async fn a_claim_takes_a_vdisk_over_and_fences_its_holder_for_it_alone() {
+    let c = cluster();
     c.dir.add_host("h2").expect("host h2");
-    let mut other = leased(&pool, &c, "h2").await;
+    c.dir.add_host("h3").expect("host h3");
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+    let mut h1 = leased(&pool, &c, "h1").await;
+    let claim = |name: &str| Request::ClaimVdisk {
+        name: name.to_string(),
+    };
+    for name in ["db", "logs"] {
+        match h1.call(&claim(name)).await {
+            Ok(Response::Claimed {
+                epoch: 1,
+                adopt_from,
+            }) if adopt_from.is_empty() => {}
+            other => panic!("claim of {name} answered {other:?}"),
+        }
+    }
+    // An append must hold every vdisk it names, under its epoch.
+    match h1.call(&vdisk_append(1, "db", 2)).await {
+        Ok(Response::Moved { vdisks }) => assert_eq!(vdisks, vec!["db"]),
+        other => panic!("append under a wrong epoch answered {other:?}"),
+    }
+    match h1.call(&vdisk_append(1, "nobody-claimed-it", 1)).await {
+        Ok(Response::Moved { vdisks }) => assert_eq!(vdisks, vec!["nobody-claimed-it"]),
+        other => panic!("append of an unclaimed vdisk answered {other:?}"),
+    }
+    for seq in 1..=2 {
+        match h1.call(&vdisk_append(seq, "db", 1)).await {
+            Ok(Response::Appended { .. }) => {}
+            other => panic!("append {seq} answered {other:?}"),
+        }
+    }
+    // Nobody adopting from h1 may read its state.
+    let mut h3 = leased(&pool, &c, "h3").await;
+    let replay_h1 = Request::Replay {
+        from_seq: 1,
+        host: "h1".to_string(),
+    };
+    assert_eq!(refusal(&mut h3, replay_h1.clone()).await, code::FENCED);
     assert_eq!(
-        refusal(&mut other, Request::ClaimVdisk { name: "db".into() }).await,
-        code::HELD
+        refusal(
+            &mut h3,
+            Request::LoadCommit {
+                host: "h1".to_string()
+            }
+        )
+        .await,
+        code::FENCED
     );
+
+    // h2 takes db over: a new epoch, and h1 as the state to adopt.
+    let mut h2 = leased(&pool, &c, "h2").await;
+    match h2.call(&claim("db")).await {
+        Ok(Response::Claimed {
+            epoch: 2,
+            adopt_from,
+        }) => assert_eq!(adopt_from, "h1"),
+        other => panic!("takeover answered {other:?}"),
+    }
+    // h1 can no longer change db, in an append alone or with logs; its
+    // other vdisk carries on.
+    match h1.call(&vdisk_append(3, "db", 1)).await {
+        Ok(Response::Moved { vdisks }) => assert_eq!(vdisks, vec!["db"]),
+        other => panic!("fenced append answered {other:?}"),
+    }
+    let both = Request::Append {
+        seq: 3,
+        vdisks: vec![
+            VdiskTicket {
+                name: "logs".to_string(),
+                epoch: 1,
+            },
+            VdiskTicket {
+                name: "db".to_string(),
+                epoch: 1,
+            },
+        ],
+        payload: payload(3),
+    };
+    match h1.call(&both).await {
+        Ok(Response::Moved { vdisks }) => assert_eq!(vdisks, vec!["db"]),
+        other => panic!("fenced append answered {other:?}"),
+    }
+    match h1.call(&vdisk_append(3, "logs", 1)).await {
+        Ok(Response::Appended { seq: 3 }) => {}
+        other => panic!("append of the vdisk h1 kept answered {other:?}"),
+    }
+    // h2 reads h1's log (every record h1 had when it was fenced, and the
+    // later one of its other vdisk) while it adopts.
+    h2.send(&replay_h1).await.expect("send");
+    let mut seqs = Vec::new();
+    loop {
+        match h2.recv().await.expect("replay") {
+            Response::Record { seq, payload: p } => {
+                assert_eq!(p, payload(seq));
+                seqs.push(seq);
+            }
+            Response::ReplayDone { last_seq } => {
+                assert_eq!(last_seq, 3);
+                break;
+            }
+            other => panic!("replay of h1 answered {other:?}"),
+        }
+    }
+    assert_eq!(seqs, vec![1, 2, 3]);
+    match h2
+        .call(&Request::Adopted {
+            name: "db".to_string(),
+            epoch: 2,
+        })
+        .await
+    {
+        Ok(Response::Claimed {
+            epoch: 2,
+            adopt_from,
+        }) if adopt_from.is_empty() => {}
+        other => panic!("adopted answered {other:?}"),
+    }
+    // Once adopted, h1's state is not h2's to read any more, and h2 may
+    // change db.
+    assert_eq!(refusal(&mut h2, replay_h1).await, code::FENCED);
+    match h2.call(&vdisk_append(1, "db", 2)).await {
+        Ok(Response::Appended { seq: 1 }) => {}
+        other => panic!("the new holder's append answered {other:?}"),
+    }
+    // The pool remembers across a restart: h1 stays fenced for db.
+    drop(pool);
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+    let mut h1 = leased(&pool, &c, "h1").await;
+    match h1.call(&vdisk_append(4, "db", 1)).await {
+        Ok(Response::Moved { vdisks }) => assert_eq!(vdisks, vec!["db"]),
+        other => panic!("fenced append after a restart answered {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_host_gets_the_datastore_keys_first_offered() {
+    let c = cluster();
+    c.dir.add_host("h2").expect("host h2");
+    let pool = Pool::start(&c.root, &c.data, "64M", "127.0.0.1:0");
+    let keys = |offer: &[u8]| Request::DatastoreKeys {
+        datastore: "default".to_string(),
+        offer: offer.to_vec(),
+    };
+    let mut bare = PoolClient::connect(pool.addr, host_tls(&c, "h1"))
+        .await
+        .expect("connect");
+    assert_eq!(refusal(&mut bare, keys(b"first")).await, code::FENCED);
+    let mut h1 = leased(&pool, &c, "h1").await;
+    let mut h2 = leased(&pool, &c, "h2").await;
+    for (client, offer) in [(&mut h1, b"first"), (&mut h2, b"other")] {
+        match client.call(&keys(offer)).await {
+            Ok(Response::Keys { key_file }) => assert_eq!(key_file, b"first"),
+            other => panic!("keys answered {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use strata_common::config::{FlashSettings, HostConfig, PoolSettings, VdiskConfig, VdiskKind};
-use strata_common::keys::{DatastoreKeys, MasterKey};
+use strata_common::keys::MasterKey;
 use tracing_subscriber::EnvFilter;
 
 use crate::control::ControlServer;
@@ -322,7 +322,6 @@ fn open_store(
             }
         },
     };
-    let keys = DatastoreKeys::load_or_create(&settings.key_dir, &settings.datastore, &master)?;
     let config = FlashConfig {
         path: settings.path.clone(),
         size: settings.size,
@@ -331,10 +330,11 @@ fn open_store(
         journal_size: settings.journal_size,
         map_cache_bytes: usize::try_from(settings.map_cache).unwrap_or(usize::MAX),
         datastore: settings.datastore.clone(),
+        key_dir: settings.key_dir.clone(),
         io,
         pool: pool.cloned(),
     };
-    FlashStore::open(&config, &keys)
+    FlashStore::open(&config, &master)
 }
 
 /// The engine of one vdisk, and a word on where its bytes are for the log.

@@ -16,6 +16,12 @@
 //! ([`PoolLink::join`]), and every reconnection rejoins it. Once a newer
 //! strata-host takes over, the pool refuses this one's appends, truncations
 //! and commits, and the link reports [`Fenced`] instead of retrying.
+//!
+//! Vdisk leases: a claim ([`PoolLink::claim_vdisk`]) gives this host the
+//! vdisk's lease, taking it from another host if need be, and every append
+//! names the vdisks it changes under their lease epochs; once another host
+//! claims one of them, the pool refuses such an append and the link
+//! reports [`Moved`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +31,7 @@ use anyhow::{anyhow, Context};
 use rustls::ClientConfig;
 use strata_common::config::PoolSettings;
 use strata_common::pki::ClusterDir;
-use strata_common::wire::{code, Request, Response};
+use strata_common::wire::{code, Request, Response, VdiskTicket};
 use strata_pool::client::PoolClient;
 use tokio::runtime::Runtime;
 
@@ -47,6 +53,31 @@ pub struct Fenced {
     pub host: String,
     /// What the pool said.
     pub message: String,
+}
+
+/// Another host took over vdisks an append changes: the pool refused the
+/// append whole.
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool} refused an append of host {host}: vdisks {vdisks:?} moved to another host")]
+pub struct Moved {
+    /// The pool.
+    pub pool: SocketAddr,
+    /// This host's name.
+    pub host: String,
+    /// The vdisks this host no longer holds.
+    pub vdisks: Vec<String>,
+    /// The refused record's payload, to send again without their updates.
+    pub payload: Vec<u8>,
+}
+
+/// This host's lease of a vdisk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VdiskClaim {
+    /// The lease's epoch, which appends changing the vdisk name.
+    pub epoch: u64,
+    /// The host whose state holds the vdisk's content, to adopt before
+    /// serving it; `None` when this host's own state has it.
+    pub adopt_from: Option<String>,
 }
 
 /// The pool answered a request with an error (other than fencing).
@@ -193,23 +224,55 @@ impl PoolLink {
         self.config.address
     }
 
+    /// This host's name at the pool.
+    pub fn host_name(&self) -> &str {
+        &self.config.host_name
+    }
+
     /// Hands every record of this host's NVLOG from `from_seq` on to
     /// `each`, oldest first, and sets the next append's sequence number
     /// after the last.
     pub fn replay(
         &mut self,
         from_seq: u64,
-        mut each: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+        each: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let host = &self.config.host_name;
+        let last_seq = self.replay_log(None, from_seq, each)?;
+        self.next_seq = last_seq + 1;
+        Ok(())
+    }
+
+    /// Hands every record of host `source`'s NVLOG from `from_seq` on to
+    /// `each`, oldest first (the pool allows it while this host adopts a
+    /// vdisk from `source`), and returns the log's last sequence number.
+    pub fn replay_of(
+        &mut self,
+        source: &str,
+        from_seq: u64,
+        each: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        self.replay_log(Some(source), from_seq, each)
+    }
+
+    fn replay_log(
+        &mut self,
+        source: Option<&str>,
+        from_seq: u64,
+        mut each: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let host = source.unwrap_or(&self.config.host_name).to_string();
         let mut client = self
             .client
             .take()
             .ok_or_else(|| anyhow!("not connected to pool {}", self.config.address))?;
         // Each record is handled outside the runtime: `each` may itself
         // ask the pool for map nodes over another link.
+        let request = Request::Replay {
+            from_seq,
+            host: source.unwrap_or("").to_string(),
+        };
         self.runtime
-            .block_on(client.send(&Request::Replay { from_seq }))
+            .block_on(client.send(&request))
             .with_context(|| format!("replaying the NVLOG of host {host}"))?;
         loop {
             let response = self
@@ -219,9 +282,15 @@ impl PoolLink {
             match response {
                 Response::Record { seq, payload } => each(seq, &payload)?,
                 Response::ReplayDone { last_seq } => {
-                    self.next_seq = last_seq + 1;
                     self.client = Some(client);
-                    return Ok(());
+                    return Ok(last_seq);
+                }
+                Response::Error {
+                    code: code::FENCED,
+                    message,
+                } => {
+                    self.client = Some(client);
+                    return Err(self.fenced(message).into());
                 }
                 other => {
                     return Err(anyhow!(
@@ -286,16 +355,50 @@ impl PoolLink {
         }
     }
 
-    /// Records at the pool that this host serves vdisk `name`; fails if
-    /// another host does.
-    pub fn claim_vdisk(&mut self, name: &str) -> anyhow::Result<()> {
+    /// Takes vdisk `name`'s lease at the pool: this host serves it from
+    /// now on. If another host held it, that host is fenced for it, and
+    /// the claim names the host whose state to adopt.
+    pub fn claim_vdisk(&mut self, name: &str) -> anyhow::Result<VdiskClaim> {
         let request = Request::ClaimVdisk {
             name: name.to_string(),
         };
-        match self.call(&request, &|| true)? {
-            Response::Claimed => Ok(()),
+        self.vdisk_lease_answer(name, &request)
+    }
+
+    /// Tells the pool that this host's own log now holds vdisk `name`'s
+    /// adopted state (under the vdisk lease `epoch`).
+    pub fn adopted(&mut self, name: &str, epoch: u64) -> anyhow::Result<()> {
+        let request = Request::Adopted {
+            name: name.to_string(),
+            epoch,
+        };
+        self.vdisk_lease_answer(name, &request).map(drop)
+    }
+
+    fn vdisk_lease_answer(&mut self, name: &str, request: &Request) -> anyhow::Result<VdiskClaim> {
+        match self.call(request, &|| true)? {
+            Response::Claimed { epoch, adopt_from } => Ok(VdiskClaim {
+                epoch,
+                adopt_from: (!adopt_from.is_empty()).then_some(adopt_from),
+            }),
             other => Err(anyhow!(
-                "pool {} answered the claim of vdisk {name} with {other:?}",
+                "pool {} answered a lease request of vdisk {name} with {other:?}",
+                self.config.address
+            )),
+        }
+    }
+
+    /// The key file of datastore `datastore` every host of the pool uses:
+    /// the one the pool keeps, or `offer`, which it keeps from now on.
+    pub fn datastore_keys(&mut self, datastore: &str, offer: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        let request = Request::DatastoreKeys {
+            datastore: datastore.to_string(),
+            offer,
+        };
+        match self.call(&request, &|| true)? {
+            Response::Keys { key_file } => Ok(key_file),
+            other => Err(anyhow!(
+                "pool {} answered a request for the keys of datastore {datastore} with {other:?}",
                 self.config.address
             )),
         }
@@ -304,7 +407,17 @@ impl PoolLink {
     /// The host's last committed state: the NVLOG record it covers and its
     /// bytes; `None` if the host never committed.
     pub fn load_commit(&mut self) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
-        match self.call(&Request::LoadCommit, &|| true)? {
+        self.load_commit_from(String::new())
+    }
+
+    /// Host `source`'s last committed state (the pool allows it while this
+    /// host adopts a vdisk from `source`).
+    pub fn load_commit_of(&mut self, source: &str) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
+        self.load_commit_from(source.to_string())
+    }
+
+    fn load_commit_from(&mut self, host: String) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
+        match self.call(&Request::LoadCommit { host }, &|| true)? {
             Response::Commit { through_seq: 0, .. } => Ok(None),
             Response::Commit { through_seq, state } => Ok(Some((through_seq, state))),
             other => Err(anyhow!(
@@ -314,13 +427,23 @@ impl PoolLink {
         }
     }
 
-    /// Appends `payload` as the next record and returns once the pool made
-    /// it durable. Reconnects as often as needed; gives up only when the
-    /// pool refuses the record, or when `abandon` says the caller no longer
-    /// waits (the store is stopping).
-    pub fn append(&mut self, payload: Vec<u8>, abandon: &dyn Fn() -> bool) -> anyhow::Result<()> {
+    /// Appends `payload`, which changes `vdisks`, as the next record and
+    /// returns once the pool made it durable. Reconnects as often as
+    /// needed; gives up only when the pool refuses the record (with
+    /// [`Moved`] when other hosts took over some of `vdisks`), or when
+    /// `abandon` says the caller no longer waits (the store is stopping).
+    pub fn append(
+        &mut self,
+        payload: Vec<u8>,
+        vdisks: Vec<VdiskTicket>,
+        abandon: &dyn Fn() -> bool,
+    ) -> anyhow::Result<()> {
         let seq = self.next_seq;
-        let request = Request::Append { seq, payload };
+        let request = Request::Append {
+            seq,
+            vdisks,
+            payload,
+        };
         let mut backoff = FIRST_BACKOFF;
         loop {
             match self.try_append(seq, &request, abandon) {
@@ -329,6 +452,19 @@ impl PoolLink {
                     return Ok(());
                 }
                 Ok(Attempt::Refused(reason)) => return Err(reason),
+                Ok(Attempt::Moved(vdisks)) => {
+                    let payload = match request {
+                        Request::Append { payload, .. } => payload,
+                        _ => Vec::new(),
+                    };
+                    return Err(Moved {
+                        pool: self.config.address,
+                        host: self.config.host_name.clone(),
+                        vdisks,
+                        payload,
+                    }
+                    .into());
+                }
                 Err(reason) if reason.downcast_ref::<Fenced>().is_some() => return Err(reason),
                 Ok(Attempt::Retry(reason)) | Err(reason) => {
                     self.client = None;
@@ -382,6 +518,7 @@ impl PoolLink {
         })?;
         Ok(match response {
             Response::Appended { seq: s } if s == seq => Attempt::Durable,
+            Response::Moved { vdisks } => Attempt::Moved(vdisks),
             Response::Error {
                 code: code::STORAGE,
                 message,
@@ -419,4 +556,6 @@ enum Attempt {
     Retry(anyhow::Error),
     /// The pool will never take it.
     Refused(anyhow::Error),
+    /// Other hosts took over these vdisks the record changes.
+    Moved(Vec<String>),
 }

@@ -1926,3 +1926,103 @@ fn the_cleaner_reclaims_overwritten_data_on_a_small_flash() {
         check_after_crash(&daemon, &model, &[]);
     }
 }
+
+#[test]
+fn a_vdisk_opened_on_another_host_moves_there_with_every_acknowledged_write() {
+    if skip_unless_pool(&current_test()) {
+        return;
+    }
+    // Host A serves db and logs. Host B, another identity with a flash of
+    // its own, opens db: the pool fences A for db alone, and B adopts db's
+    // state from A's commit and the rest of A's NVLOG before it serves.
+    // With an hour between destages, the one round runs when the NVLOG
+    // passes a quarter of its quota (while db is first filled), so db's
+    // state is partly in A's commit, partly in A's log only, including
+    // blocks whose frames A logged for logs (db's writes of them were
+    // dedupe hits).
+    let db_size = 24 * MIB;
+    let logs_size = 4 * MIB;
+    let mut a = Daemon::start_target(
+        Target::StrataHost,
+        vec![
+            VdiskOptions::new(db_size).named("db").writethrough(),
+            VdiskOptions::new(logs_size).named("logs").writethrough(),
+        ],
+        &["--destage-interval", "3600"],
+    );
+    let mut db = vec![0u8; db_size as usize];
+    let mut logs = vec![0u8; logs_size as usize];
+    let mut rng = TestRng::new(0xad0b7);
+    let mut db_client = Client::open(&a, 1);
+    let whole: Vec<(u64, Vec<u8>)> = (0..db_size / MIB)
+        .map(|i| (i * MIB, rng.bytes(MIB as usize)))
+        .collect();
+    write_all(&a, db_client.q(), &whole, &mut db);
+    a.wait_for_counter("nvlog_destaged_through", 1, BACKGROUND_TIMEOUT);
+
+    let mut logs_client = Client::connect_retry(a.vdisk(1).socket(), 1, false);
+    let shared = rng.bytes(MIB as usize);
+    write_all(&a, logs_client.q(), &[(MIB, shared.clone())], &mut logs);
+    write_all(&a, db_client.q(), &[(5 * MIB, shared)], &mut db);
+    write_scattered(db_client.q(), &mut rng, &mut db, 24);
+    zero_random_mib(db_client.q(), &mut rng, &mut db);
+    // Writes in flight when B takes db: each may or may not land.
+    let in_flight = scattered_writes(&mut rng, db_size, 16);
+    let _pending = db_client.q().submit(&Req::writes(&in_flight));
+
+    let mut b = a.start_on_host("other-host", &[0]);
+    check_after_crash(&b, &db, &in_flight);
+    {
+        let mut client = Client::open(&b, 1);
+        for (offset, data) in &in_flight {
+            let got = client.q().read(*offset, data.len()).expect("read back");
+            db[*offset as usize..*offset as usize + data.len()].copy_from_slice(&got);
+        }
+    }
+    // A can no longer write db, and says why; its logs carry on.
+    drop(db_client);
+    let mut db_client = Client::connect_retry(a.socket(), 1, false);
+    assert!(
+        db_client.q().write(0, &[0xEE; 4096]).is_err(),
+        "A still acknowledged a write of db after B took it; A's log:\n{}",
+        a.log()
+    );
+    drop(db_client);
+    assert!(
+        a.log().contains("moved to another host"),
+        "A does not say why its db writes fail; its log:\n{}",
+        a.log()
+    );
+    write_scattered(logs_client.q(), &mut rng, &mut logs, 16);
+    logs_client
+        .q()
+        .check(&logs, 0, logs_size, "A's logs after db moved");
+    drop(logs_client);
+
+    // B's own log holds db now: B writes more and restarts on an empty
+    // flash without A's help.
+    {
+        let mut client = Client::open(&b, 1);
+        write_scattered(client.q(), &mut rng, &mut db, 24);
+    }
+    b.kill_and_restart_on_empty_flash();
+    check_after_crash(&b, &db, &[]);
+
+    // A restarts (its flash lost too) and opens db again, taking it back
+    // with B's writes; B's writes fail from then on.
+    a.kill_and_restart_on_empty_flash();
+    check_after_crash(&a, &db, &[]);
+    let mut logs_client = Client::connect_retry(a.vdisk(1).socket(), 1, false);
+    logs_client
+        .q()
+        .check(&logs, 0, logs_size, "A's logs after its restart");
+    drop(logs_client);
+    let mut b_client = Client::open(&b, 1);
+    assert!(
+        b_client.q().write(0, &[0xDD; 4096]).is_err(),
+        "B still acknowledged a write of db after A took it back; B's log:\n{}",
+        b.log()
+    );
+    drop(b_client);
+    drop(b);
+}

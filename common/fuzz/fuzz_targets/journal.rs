@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use strata_common::ondisk::{
-    decode_batch, decode_record_header, encode_record, verify_record, BatchBuilder, BatchItem,
-    Checkpoint, RECORD_HEADER_LEN,
+    decode_batch, decode_record_header, encode_record, verify_record, BatchBuilder, Checkpoint,
+    RECORD_HEADER_LEN,
 };
 use xxhash_rust::xxh3::Xxh3;
 
@@ -58,26 +58,7 @@ fuzz_target!(|bytes: &[u8]| {
     if let Ok(items) = decode_batch(bytes) {
         let mut builder = BatchBuilder::new();
         for item in &items {
-            match item {
-                BatchItem::Frame(frame) => builder.push_frame(frame),
-                BatchItem::Set {
-                    seq,
-                    vdisk,
-                    lba,
-                    fps,
-                } => builder.push_set(*seq, *vdisk, *lba, fps),
-                BatchItem::Unmap {
-                    seq,
-                    vdisk,
-                    lba,
-                    count,
-                } => builder.push_unmap(*seq, *vdisk, *lba, *count),
-                BatchItem::Vdisk {
-                    id,
-                    block_count,
-                    name,
-                } => builder.push_vdisk(*id, *block_count, name),
-            }
+            builder.push_item(item);
         }
         let again = decode_batch(builder.body()).expect("a rebuilt batch decodes");
         assert_eq!(again, items, "a batch changed across encode and decode");

@@ -41,10 +41,13 @@
 //! |   2 | set: seq u64, vdisk u32, lba u64, count `C` u32 (`>= 1`), then `C` fingerprints of 32 bytes, for blocks `lba..lba + C` | `24 + 32 C` |
 //! |   3 | unmap: seq u64, vdisk u32, lba u64, count u64 (`>= 1`)             | `28`        |
 //! |   4 | vdisk: id u32, block count u64 (`>= 1`), name length `N` u8 (`1..=64`), name (`N` bytes UTF-8) | `14 + N` |
+//! |   5 | adopt: seq u64, id u32, block count u64 (`>= 1`), root (32), name length `N` u8 (`1..=64`), name | `54 + N` |
 //!
 //! For set and unmap, `lba + count` must not exceed `2^64`. A vdisk item
 //! records a vdisk's creation, so a log of batches alone (the pool's NVLOG)
-//! can rebuild every vdisk it names.
+//! can rebuild every vdisk it names. An adopt item records that a vdisk
+//! taken over from another host holds the map `root` (in the pool) from
+//! here on: it creates the vdisk, or replaces whatever it held.
 //!
 //! # Checkpoint body
 //!
@@ -88,6 +91,8 @@ pub const TAG_SET: u8 = 2;
 pub const TAG_UNMAP: u8 = 3;
 /// Batch item tag: a vdisk was created (vdisk).
 pub const TAG_VDISK: u8 = 4;
+/// Batch item tag: a vdisk was adopted from another host (adopt).
+pub const TAG_ADOPT: u8 = 5;
 
 /// Bytes of a frame item before the frame, tag included.
 const FRAME_FIXED_LEN: usize = 1 + 4;
@@ -266,10 +271,12 @@ pub fn verify_record<'a>(
     Ok((raw.header, body))
 }
 
-/// Builds the body of a batch record, item by item.
+/// Builds the body of a batch record, item by item, and notes which
+/// vdisks its items change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchBuilder {
     body: Vec<u8>,
+    vdisks: Vec<u32>,
 }
 
 impl BatchBuilder {
@@ -303,6 +310,7 @@ impl BatchBuilder {
     /// empty (nor longer than `u32::MAX`), or [`decode_batch`] rejects the
     /// batch.
     pub fn push_set(&mut self, seq: u64, vdisk: u32, lba: u64, fps: &[Fingerprint]) {
+        self.touch(vdisk);
         self.body
             .reserve(SET_FIXED_LEN + fps.len() * FINGERPRINT_LEN);
         self.body.push(TAG_SET);
@@ -320,6 +328,7 @@ impl BatchBuilder {
     /// now zero, as of write sequence number `seq`. `count` must be at
     /// least 1, or [`decode_batch`] rejects the batch.
     pub fn push_unmap(&mut self, seq: u64, vdisk: u32, lba: u64, count: u64) {
+        self.touch(vdisk);
         self.body.reserve(UNMAP_LEN);
         self.body.push(TAG_UNMAP);
         self.body.extend_from_slice(&seq.to_le_bytes());
@@ -332,10 +341,74 @@ impl BatchBuilder {
     /// `block_count` (`>= 1`) blocks exists from here on. A name or count
     /// outside those bounds makes [`decode_batch`] reject the batch.
     pub fn push_vdisk(&mut self, id: u32, block_count: u64, name: &str) {
+        self.touch(id);
         self.body.push(TAG_VDISK);
         self.body.extend_from_slice(&id.to_le_bytes());
         self.body.extend_from_slice(&block_count.to_le_bytes());
         write_name(&mut self.body, name);
+    }
+
+    /// Appends an adopt item: vdisk `id` named `name` (`1..=64` bytes) of
+    /// `block_count` (`>= 1`) blocks holds map `root` from here on, as of
+    /// write sequence number `seq`, whatever it held before.
+    pub fn push_adopt(
+        &mut self,
+        seq: u64,
+        id: u32,
+        block_count: u64,
+        root: Fingerprint,
+        name: &str,
+    ) {
+        self.touch(id);
+        self.body.push(TAG_ADOPT);
+        self.body.extend_from_slice(&seq.to_le_bytes());
+        self.body.extend_from_slice(&id.to_le_bytes());
+        self.body.extend_from_slice(&block_count.to_le_bytes());
+        self.body.extend_from_slice(root.as_bytes());
+        write_name(&mut self.body, name);
+    }
+
+    /// Appends `item` as it was decoded.
+    pub fn push_item(&mut self, item: &BatchItem<'_>) {
+        match item {
+            BatchItem::Frame(frame) => self.push_frame(frame),
+            BatchItem::Set {
+                seq,
+                vdisk,
+                lba,
+                fps,
+            } => self.push_set(*seq, *vdisk, *lba, fps),
+            BatchItem::Unmap {
+                seq,
+                vdisk,
+                lba,
+                count,
+            } => self.push_unmap(*seq, *vdisk, *lba, *count),
+            BatchItem::Vdisk {
+                id,
+                block_count,
+                name,
+            } => self.push_vdisk(*id, *block_count, name),
+            BatchItem::Adopt {
+                seq,
+                id,
+                block_count,
+                root,
+                name,
+            } => self.push_adopt(*seq, *id, *block_count, *root, name),
+        }
+    }
+
+    fn touch(&mut self, vdisk: u32) {
+        if !self.vdisks.contains(&vdisk) {
+            self.vdisks.push(vdisk);
+        }
+    }
+
+    /// The vdisks the items change (set, unmap, vdisk and adopt items), in
+    /// the order first named.
+    pub fn vdisks(&self) -> &[u32] {
+        &self.vdisks
     }
 
     /// The body built so far.
@@ -351,6 +424,19 @@ impl BatchBuilder {
     /// Removes every item, keeping the allocation.
     pub fn clear(&mut self) {
         self.body.clear();
+        self.vdisks.clear();
+    }
+}
+
+impl BatchItem<'_> {
+    /// The vdisk the item changes (`None` for a frame, which belongs to
+    /// no vdisk).
+    pub fn vdisk(&self) -> Option<u32> {
+        match self {
+            BatchItem::Frame(_) => None,
+            BatchItem::Set { vdisk, .. } | BatchItem::Unmap { vdisk, .. } => Some(*vdisk),
+            BatchItem::Vdisk { id, .. } | BatchItem::Adopt { id, .. } => Some(*id),
+        }
     }
 }
 
@@ -389,6 +475,20 @@ pub enum BatchItem<'a> {
         id: u32,
         /// Its size in blocks (`>= 1`).
         block_count: u64,
+        /// Its name, `1..=64` bytes of UTF-8.
+        name: String,
+    },
+    /// Vdisk `id` named `name` of `block_count` blocks holds the map
+    /// `root` from here on (a vdisk adopted from another host).
+    Adopt {
+        /// Write sequence number.
+        seq: u64,
+        /// The vdisk's id, as set and unmap items name it.
+        id: u32,
+        /// Its size in blocks (`>= 1`).
+        block_count: u64,
+        /// Its map's root.
+        root: Fingerprint,
         /// Its name, `1..=64` bytes of UTF-8.
         name: String,
     },
@@ -473,6 +573,23 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem<'_>>, OndiskError> {
                 BatchItem::Vdisk {
                     id,
                     block_count,
+                    name,
+                }
+            }
+            TAG_ADOPT => {
+                let seq = r.u64()?;
+                let id = r.u32()?;
+                let block_count = r.u64()?;
+                if block_count == 0 {
+                    return Err(bad("vdisk of zero blocks", 0));
+                }
+                let root = Fingerprint::from_bytes(r.array()?);
+                let name = read_name(&mut r, "vdisk", MAX_VDISK_NAME_LEN)?;
+                BatchItem::Adopt {
+                    seq,
+                    id,
+                    block_count,
+                    root,
                     name,
                 }
             }

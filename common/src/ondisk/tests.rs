@@ -3,7 +3,7 @@ use std::collections::HashSet;
 use proptest::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::journal::{MAX_VDISK_NAME_LEN, TAG_FRAME, TAG_SET, TAG_UNMAP, TAG_VDISK};
+use super::journal::{MAX_VDISK_NAME_LEN, TAG_ADOPT, TAG_FRAME, TAG_SET, TAG_UNMAP, TAG_VDISK};
 use super::superblock::MAX_DATASTORE_LEN;
 use super::*;
 use crate::fingerprint::Fingerprint;
@@ -1021,35 +1021,19 @@ fn sample_batch() -> (BatchBuilder, Vec<BatchItem<'static>>) {
             block_count: u64::MAX,
             name: "vm1-disk0".into(),
         },
+        BatchItem::Adopt {
+            seq: 3,
+            id: 8,
+            block_count: 1,
+            root: fp(4),
+            name: "moved".into(),
+        },
     ];
     let mut b = BatchBuilder::new();
     for item in &items {
-        push(&mut b, item);
+        b.push_item(item);
     }
     (b, items)
-}
-
-fn push(b: &mut BatchBuilder, item: &BatchItem<'_>) {
-    match item {
-        BatchItem::Frame(f) => b.push_frame(f),
-        BatchItem::Set {
-            seq,
-            vdisk,
-            lba,
-            fps,
-        } => b.push_set(*seq, *vdisk, *lba, fps),
-        BatchItem::Unmap {
-            seq,
-            vdisk,
-            lba,
-            count,
-        } => b.push_unmap(*seq, *vdisk, *lba, *count),
-        BatchItem::Vdisk {
-            id,
-            block_count,
-            name,
-        } => b.push_vdisk(*id, *block_count, name),
-    }
 }
 
 #[test]
@@ -1057,6 +1041,21 @@ fn batch_round_trip() {
     let (b, items) = sample_batch();
     assert!(!b.is_empty());
     assert_eq!(b.len(), b.body().len());
+    assert_eq!(b.vdisks(), &[3, u32::MAX, 7, 8]);
+    let changed: Vec<_> = items.iter().map(BatchItem::vdisk).collect();
+    assert_eq!(
+        changed,
+        [
+            None,
+            Some(3),
+            None,
+            Some(3),
+            Some(u32::MAX),
+            None,
+            Some(7),
+            Some(8)
+        ]
+    );
     assert_eq!(decode_batch(b.body()).unwrap(), items);
     // Through a record.
     let rec = record(RecordKind::Batch, 5, b.body());
@@ -1068,6 +1067,7 @@ fn batch_round_trip() {
     b.clear();
     assert!(b.is_empty());
     assert_eq!(b.len(), 0);
+    assert!(b.vdisks().is_empty());
     assert_eq!(decode_batch(b.body()).unwrap(), vec![]);
     assert_eq!(BatchBuilder::default(), BatchBuilder::new());
 }
@@ -1101,6 +1101,22 @@ fn batch_item_layout() {
     want.extend_from_slice(&7u64.to_le_bytes());
     want.extend_from_slice(&[2, b'a', b'b']);
     assert_eq!(b.body(), &want[..]);
+    let mut b = BatchBuilder::new();
+    b.push_adopt(1, 6, 7, fp(3), "ab");
+    let mut want = vec![TAG_ADOPT];
+    want.extend_from_slice(&1u64.to_le_bytes());
+    want.extend_from_slice(&6u32.to_le_bytes());
+    want.extend_from_slice(&7u64.to_le_bytes());
+    want.extend_from_slice(fp(3).as_bytes());
+    want.extend_from_slice(&[2, b'a', b'b']);
+    assert_eq!(b.body(), &want[..]);
+    // An adopt of no blocks, or with an empty name, is refused.
+    let mut b = BatchBuilder::new();
+    b.push_adopt(1, 6, 0, fp(3), "ab");
+    assert!(decode_batch(b.body()).is_err());
+    let mut b = BatchBuilder::new();
+    b.push_adopt(1, 6, 1, fp(3), "");
+    assert!(decode_batch(b.body()).is_err());
 }
 
 #[test]
@@ -1111,7 +1127,7 @@ fn batch_truncations_rejected() {
     let mut bounds = vec![0];
     let mut one = BatchBuilder::new();
     for item in &items {
-        push(&mut one, item);
+        one.push_item(item);
         bounds.push(one.len());
     }
     for len in 0..body.len() {
@@ -1134,7 +1150,7 @@ fn batch_items_checked() {
     b.push_frame(b"f");
     let at = b.len();
     let mut body = b.body().to_vec();
-    for tag in [0u8, 5, 0xff] {
+    for tag in [0u8, 6, 0xff] {
         body.truncate(at);
         body.push(tag);
         assert_eq!(bad(&body), OndiskError::UnknownBatchTag { at, found: tag });
@@ -1630,7 +1646,7 @@ proptest! {
         if let Ok(items) = decode_batch(&body) {
             let mut b = BatchBuilder::new();
             for item in &items {
-                push(&mut b, item);
+                b.push_item(item);
             }
             prop_assert_eq!(b.body(), &body[..]);
         }
@@ -1699,7 +1715,7 @@ proptest! {
         let mut b = BatchBuilder::new();
         let want: Vec<BatchItem<'_>> = items.iter().map(OwnedItem::borrow).collect();
         for item in &want {
-            push(&mut b, item);
+            b.push_item(item);
         }
         prop_assert_eq!(&decode_batch(b.body()).unwrap(), &want);
         let mut out = Vec::new();

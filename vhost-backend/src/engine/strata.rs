@@ -595,7 +595,14 @@ impl StrataQueue {
 
     /// Completes `tag` once `seq` is durable.
     fn complete_when_durable(&mut self, seq: u64, tag: u32) {
-        if seq <= self.reader.core.durable_seq() {
+        // The durable sequence first: the flusher marks a vdisk moved
+        // before it publishes a batch it dropped the vdisk's updates from.
+        let durable = self.reader.core.durable_seq();
+        let vdisk = &self.reader.vdisk;
+        if let Some(reason) = vdisk.moved() {
+            self.ready
+                .push_back((tag, Err(moved_error(&vdisk.name, reason))));
+        } else if seq <= durable {
             self.ready.push_back((tag, Ok(())));
         } else {
             self.durable_waits.push_back((seq, tag));
@@ -684,6 +691,18 @@ impl StrataQueue {
         if self.durable_waits.is_empty() {
             return;
         }
+        // Read before the moved flag (see complete_when_durable).
+        let durable = self.reader.core.durable_seq();
+        let vdisk = &self.reader.vdisk;
+        if let Some(reason) = vdisk.moved() {
+            // Flagged before the batch without its updates was published:
+            // none of these writes is in the pool.
+            for (_, tag) in self.durable_waits.drain(..) {
+                self.ready
+                    .push_back((tag, Err(moved_error(&vdisk.name, reason))));
+            }
+            return;
+        }
         if let Some(reason) = self.reader.core.failure() {
             for (_, tag) in self.durable_waits.drain(..) {
                 self.ready.push_back((
@@ -693,7 +712,6 @@ impl StrataQueue {
             }
             return;
         }
-        let durable = self.reader.core.durable_seq();
         while self
             .durable_waits
             .front()
@@ -730,6 +748,12 @@ impl EngineQueue for StrataQueue {
     }
 
     unsafe fn submit(&mut self, op: BlockOp<'_>, tag: u32) -> io::Result<()> {
+        // This host's copy of a vdisk another host took over is stale, and
+        // nothing written here could reach the pool.
+        let vdisk = &self.reader.vdisk;
+        if let Some(reason) = vdisk.moved() {
+            return Err(moved_error(&vdisk.name, reason));
+        }
         match op {
             // SAFETY: the caller's promise is passed on.
             BlockOp::Read { offset, bufs } => unsafe { self.submit_read(offset, bufs, tag) },
@@ -794,6 +818,12 @@ impl Drop for StrataQueue {
         // The kernel may still write into read buffers: wait for it.
         self.settle_reads();
     }
+}
+
+/// The error of every request of vdisk `name` once another host took it
+/// over (`reason`).
+fn moved_error(name: &str, reason: &str) -> io::Error {
+    io::Error::other(format!("vdisk {name} moved to another host: {reason}"))
 }
 
 /// Finds the guest byte ranges that receive block `lba` of a read of `bufs`

@@ -7,14 +7,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_common::ondisk::{BatchBuilder, Checkpoint, RecordKind, VdiskRoot};
+use strata_common::ondisk::{decode_batch, BatchBuilder, Checkpoint, RecordKind, VdiskRoot};
+use strata_common::wire::VdiskTicket;
 
 use super::core::{Core, SlotState};
 use super::device::PageWriter;
 use super::journal::{record_image, JournalRing, CHECKPOINT_RESERVE};
 use super::nvlog_frames::frames_of_batch;
 use super::{Shared, StoreError};
-use crate::pool::PoolLink;
+use crate::pool::{Moved, PoolLink};
 
 /// A checkpoint is due when the journal is this full (fraction in percent).
 const CHECKPOINT_JOURNAL_PERCENT: usize = 50;
@@ -133,14 +134,13 @@ pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreErro
     };
     core.room.notify_all();
     if let Some(link) = writer.pool.as_mut() {
-        let pool = link.address();
+        let vdisks = batch.vdisks().to_vec();
         let body = batch.into_body();
         let frames = frames_of_batch(&body);
         core.counters
             .nvlog_bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
-        link.append(body, &|| core.lock().stopping)
-            .map_err(|e| StoreError::Pool(format!("NVLOG on pool {pool}: {e:#}")))?;
+        append_to_pool(shared, link, body, &vdisks)?;
         core.counters.nvlog_records.fetch_add(1, Ordering::Relaxed);
         if let Some(reads) = &core.pool_reads {
             reads.logged.note(link.last_appended(), frames);
@@ -168,6 +168,76 @@ pub fn write_batch(shared: &Shared, writer: &mut Writer) -> Result<(), StoreErro
     write_record(core, writer, RecordKind::Batch, pos, batch.body())?;
     core.publish_durable(last_seq);
     Ok(())
+}
+
+/// Appends a batch body that changes `vdisk_ids` to the pool's NVLOG.
+/// Updates of vdisks another host took over are dropped from it (and
+/// those vdisks marked moved, so their writes fail) until the pool takes
+/// the rest.
+fn append_to_pool(
+    shared: &Shared,
+    link: &mut PoolLink,
+    mut body: Vec<u8>,
+    vdisk_ids: &[u32],
+) -> Result<(), StoreError> {
+    let core = &*shared.core;
+    let pool = link.address();
+    let touched: Vec<_> = shared
+        .vdisks()
+        .into_iter()
+        .filter(|v| vdisk_ids.contains(&v.id))
+        .collect();
+    loop {
+        let moved: Vec<u32> = touched
+            .iter()
+            .filter(|v| v.moved().is_some())
+            .map(|v| v.id)
+            .collect();
+        if !moved.is_empty() {
+            body = without_vdisks(&body, &moved)?;
+        }
+        let tickets = touched
+            .iter()
+            .filter(|v| v.moved().is_none())
+            .map(|v| VdiskTicket {
+                name: v.name.clone(),
+                epoch: v.lease_epoch(),
+            })
+            .collect();
+        let refusal = match link.append(body, tickets, &|| core.lock().stopping) {
+            Ok(()) => return Ok(()),
+            Err(e) => e
+                .downcast::<Moved>()
+                .map_err(|e| StoreError::Pool(format!("NVLOG on pool {pool}: {e:#}")))?,
+        };
+        let mut marked = false;
+        for vdisk in touched.iter().filter(|v| refusal.vdisks.contains(&v.name)) {
+            vdisk.mark_moved(format!("pool {pool} says another host claimed it"));
+            marked = true;
+        }
+        if !marked {
+            return Err(StoreError::Pool(format!(
+                "pool {pool} refused an append for vdisks {:?} this store did not send",
+                refusal.vdisks
+            )));
+        }
+        body = refusal.payload;
+    }
+}
+
+/// A batch body without the items of vdisks `ids` (frames stay: they
+/// belong to no vdisk, and other updates may use them).
+fn without_vdisks(body: &[u8], ids: &[u32]) -> Result<Vec<u8>, StoreError> {
+    let items = decode_batch(body)
+        .map_err(|e| StoreError::Pool(format!("re-reading a batch to drop moved vdisks: {e}")))?;
+    let mut kept = BatchBuilder::new();
+    for item in items
+        .iter()
+        .filter(|i| i.vdisk().is_none_or(|id| !ids.contains(&id)))
+    {
+        kept.push_item(item);
+    }
+    Ok(kept.into_body())
 }
 
 fn write_record(

@@ -12,6 +12,7 @@
 //! and replays the journal after the checkpoint. docs/ARCHITECTURE.md has
 //! the byte formats and the reasoning.
 
+mod adopt;
 mod cleaner;
 mod core;
 mod destage;
@@ -24,7 +25,7 @@ mod recovery;
 mod segment;
 mod vdisk;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -33,6 +34,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
 use strata_common::frame::{FrameCodec, FrameError, FrameKeys};
+use strata_common::keys::{decode_key_file, DatastoreKeys, MasterKey};
 use strata_common::map::{MapError, NodeCache, NodeIdKey, VdiskMap};
 use strata_common::ondisk::{Superblock, PAGE};
 
@@ -61,6 +63,9 @@ pub struct FlashConfig {
     pub map_cache_bytes: usize,
     /// The datastore name recorded at format.
     pub datastore: String,
+    /// Where the datastore's key file is (standalone), or the one this
+    /// host offers the pool if it has one.
+    pub key_dir: PathBuf,
     /// How to do I/O.
     pub io: IoMode,
     /// The pool whose NVLOG makes writes durable; `None` for a standalone
@@ -160,6 +165,37 @@ impl Shared {
     }
 }
 
+/// The datastore's keys on a pool: the key file the pool keeps for every
+/// host, so that one host can read what another wrote (a vdisk moves
+/// between hosts with its data). This host offers its existing key file,
+/// or fresh keys; the pool keeps the first offer it gets. A local key file
+/// that differs from the pool's is an error: data it encrypted would not
+/// read.
+fn keys_from_pool(
+    link: &mut PoolLink,
+    key_dir: &Path,
+    datastore: &str,
+    master: &MasterKey,
+) -> anyhow::Result<FrameKeys> {
+    let local = DatastoreKeys::read_file(key_dir, datastore, master)?;
+    let where_kept = PathBuf::from(format!("<pool {}, datastore {datastore}>", link.address()));
+    let offer = match &local {
+        Some(bytes) => bytes.to_vec(),
+        None => DatastoreKeys::new_file(datastore, master, &where_kept)?.to_vec(),
+    };
+    let kept = link.datastore_keys(datastore, offer)?;
+    if let Some(local) = &local {
+        if local[..] != kept[..] {
+            bail!(
+                "key file {} holds other keys than datastore {datastore:?} has at pool {}: every host of a pool must use the pool's keys",
+                DatastoreKeys::path(key_dir, datastore)?.display(),
+                link.address()
+            );
+        }
+    }
+    Ok(decode_key_file(&kept, datastore, master, &where_kept)?)
+}
+
 /// The host's flash store.
 pub struct FlashStore {
     shared: Arc<Shared>,
@@ -169,18 +205,27 @@ pub struct FlashStore {
 
 impl FlashStore {
     /// Opens the store on `config.path`, formatting a new or blank flash,
-    /// and recovering an existing one.
-    pub fn open(config: &FlashConfig, keys: &FrameKeys) -> anyhow::Result<FlashStore> {
+    /// and recovering an existing one. The datastore's keys, wrapped by
+    /// `master`, come from the pool when there is one, else from the key
+    /// file (made on first use).
+    pub fn open(config: &FlashConfig, master: &MasterKey) -> anyhow::Result<FlashStore> {
         let started = Instant::now();
         // Three connections: the flusher's appends, reads that miss the
         // flash, and the destager's stripes; none waits behind another.
         // The flusher's link takes the host's lease before anything is
         // replayed, fencing any earlier strata-host of this host; the
         // destager's joins it. Reads need no lease.
+        let mut keys = None;
         let (mut pool, pool_reads, destager) = match &config.pool {
             Some(settings) => {
                 let mut link = PoolLink::connect(settings)?;
                 link.take_lease()?;
+                keys = Some(keys_from_pool(
+                    &mut link,
+                    &config.key_dir,
+                    &config.datastore,
+                    master,
+                )?);
                 let destager = destage::Destager::new(
                     link.join()?,
                     std::time::Duration::from_secs(settings.destage_interval_secs),
@@ -193,6 +238,11 @@ impl FlashStore {
             }
             None => (None, None, None),
         };
+        let keys = match keys {
+            Some(keys) => keys,
+            None => DatastoreKeys::load_or_create(&config.key_dir, &config.datastore, master)?,
+        };
+        let keys = &keys;
         let (device, created) = FlashDevice::open_or_create(&config.path, config.size)?;
         let flash = device.path().display().to_string();
         let mut page0 = crate::engine::buffers::AlignedBuf::new(PAGE, PAGE);
@@ -305,21 +355,51 @@ impl FlashStore {
     }
 
     /// The vdisk `name` of `capacity` bytes, created (and checkpointed) if the
-    /// store does not have it yet.
+    /// store does not have it yet. On a pool the host first takes the
+    /// vdisk's lease; if another host held it, that host is fenced for it
+    /// and its state is adopted into this host's log before anything else.
     pub fn open_vdisk(&self, name: &str, capacity: Option<u64>) -> anyhow::Result<Arc<StoreVdisk>> {
-        if let Some(link) = self
-            .shared
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pool
-            .as_mut()
-        {
-            link.claim_vdisk(name)
-                .with_context(|| format!("cannot open vdisk {name}"))?;
-        }
+        let mut writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let existing_id = |shared: &Shared| {
+            shared
+                .vdisks()
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.id)
+        };
+        let new_id = |shared: &Shared| shared.vdisks().iter().map(|v| v.id + 1).max().unwrap_or(1);
+        let lease_epoch = match writer.pool.as_mut() {
+            Some(link) => {
+                let claim = link
+                    .claim_vdisk(name)
+                    .with_context(|| format!("cannot open vdisk {name}"))?;
+                if let Some(source) = &claim.adopt_from {
+                    tracing::info!(vdisk = name, from = %source, epoch = claim.epoch,
+                        "took the vdisk over from another host; adopting its state");
+                    let id = existing_id(&self.shared).unwrap_or_else(|| new_id(&self.shared));
+                    let found =
+                        adopt::adopt(&self.shared, &mut writer, name, id, source, claim.epoch)
+                            .with_context(|| {
+                                format!("cannot adopt vdisk {name} from host {source}")
+                            })?;
+                    if !found {
+                        tracing::info!(vdisk = name, from = %source,
+                            "the previous holder never logged the vdisk's creation: it starts empty");
+                    }
+                    flusher::checkpoint(&self.shared, &mut writer)
+                        .with_context(|| format!("cannot record adopted vdisk {name}"))?;
+                    if let Some(link) = writer.pool.as_mut() {
+                        link.adopted(name, claim.epoch)
+                            .with_context(|| format!("cannot open vdisk {name}"))?;
+                    }
+                }
+                claim.epoch
+            }
+            None => 0,
+        };
         let existing = self.shared.vdisks().into_iter().find(|v| v.name == name);
         if let Some(vdisk) = existing {
+            vdisk.set_lease_epoch(lease_epoch);
             let have = vdisk.block_count * BLOCK_SIZE as u64;
             if let Some(want) = capacity {
                 if want != have {
@@ -335,14 +415,7 @@ impl FlashStore {
             bail!("vdisk {name}: size {capacity} is not a positive multiple of {BLOCK_SIZE} bytes");
         }
         let block_count = capacity / BLOCK_SIZE as u64;
-        let mut writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let id = self
-            .shared
-            .vdisks()
-            .iter()
-            .map(|v| v.id + 1)
-            .max()
-            .unwrap_or(1);
+        let id = new_id(&self.shared);
         let map = self.shared.open_map(block_count, Fingerprint::ZERO);
         let vdisk = Arc::new(StoreVdisk::new(
             id,
@@ -350,6 +423,7 @@ impl FlashStore {
             map,
             self.shared.core.clone(),
         ));
+        vdisk.set_lease_epoch(lease_epoch);
         self.shared
             .vdisks
             .write()

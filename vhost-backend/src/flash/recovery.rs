@@ -205,7 +205,7 @@ pub fn refill_from_pool(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<
         Ok(())
     })?;
     let from_log = referenced - wanted.len();
-    let lacking = blocks_the_pool_lacks(link, wanted.into_iter().collect())?;
+    let lacking = blocks_the_pool_lacks(link, wanted.into_iter().collect())?.len();
     if lacking > 0 {
         bail!("neither the NVLOG nor the pool holds {lacking} of the {referenced} blocks the vdisks reference");
     }
@@ -225,19 +225,19 @@ pub fn refill_from_pool(shared: &Shared, link: &mut PoolLink) -> anyhow::Result<
     Ok(updates)
 }
 
-/// How many of `fingerprints` the pool's stripes lack.
-fn blocks_the_pool_lacks(
+/// Which of `fingerprints` the pool's stripes lack.
+pub fn blocks_the_pool_lacks(
     link: &mut PoolLink,
     fingerprints: Vec<Fingerprint>,
-) -> anyhow::Result<usize> {
-    let mut lacking = 0;
+) -> anyhow::Result<Vec<Fingerprint>> {
+    let mut lacking = Vec::new();
     for part in fingerprints.chunks(MAX_FINGERPRINTS) {
         let request = Request::Lookup {
             fingerprints: part.to_vec(),
         };
         match link.call(&request, &|| true)? {
             Response::Have { have } if have.len() == part.len() => {
-                lacking += have.iter().filter(|h| !**h).count();
+                lacking.extend(part.iter().zip(have).filter(|(_, h)| !h).map(|(fp, _)| *fp));
             }
             other => bail!("pool answered a lookup with {other:?}"),
         }
@@ -326,6 +326,20 @@ impl<'a> BatchReplay<'a> {
                     self.create_vdisk(*id, *block_count, name)?;
                     continue;
                 }
+                BatchItem::Adopt {
+                    seq,
+                    id,
+                    block_count,
+                    root,
+                    name,
+                } => {
+                    {
+                        let mut state = core.lock();
+                        state.next_seq = state.next_seq.max(seq + 1);
+                    }
+                    self.adopt_vdisk(*seq, *id, *block_count, *root, name)?;
+                    continue;
+                }
                 BatchItem::Set { seq, vdisk, .. } | BatchItem::Unmap { seq, vdisk, .. } => {
                     (*seq, *vdisk)
                 }
@@ -352,7 +366,7 @@ impl<'a> BatchReplay<'a> {
                     map.set(&updates)
                 }
                 BatchItem::Unmap { lba, count, .. } => map.zero_range(lba, count),
-                BatchItem::Frame(_) | BatchItem::Vdisk { .. } => Ok(()),
+                BatchItem::Frame(_) | BatchItem::Vdisk { .. } | BatchItem::Adopt { .. } => Ok(()),
             };
             result.with_context(|| format!("vdisk {}: replaying update {seq}", vdisk.name))?;
             self.updates += 1;
@@ -363,20 +377,62 @@ impl<'a> BatchReplay<'a> {
     /// Creates vdisk `id` unless the store has it (its checkpoint came
     /// first); a different vdisk under the same id or name is damage.
     fn create_vdisk(&mut self, id: u32, block_count: u64, name: &str) -> anyhow::Result<()> {
-        let shared = self.shared;
-        let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = vdisks.iter().find(|v| v.id == id || v.name == name) {
-            if v.id != id || v.name != name || v.block_count != block_count {
-                bail!(
-                    "batch creates vdisk {name} (id {id}, {block_count} blocks), but the store has {} (id {}, {} blocks)",
-                    v.name,
-                    v.id,
-                    v.block_count
-                );
-            }
+        if self.existing(id, block_count, name, "creates")?.is_some() {
             return Ok(());
         }
-        let map = shared.open_map(block_count, Fingerprint::ZERO);
+        self.add_vdisk(id, block_count, name, Fingerprint::ZERO);
+        self.applied.insert(id, 0);
+        Ok(())
+    }
+
+    /// Points vdisk `id` (created if the store lacks it) at the map `root`
+    /// adopted from another host, as of update `seq`: what it held before
+    /// is replaced.
+    fn adopt_vdisk(
+        &mut self,
+        seq: u64,
+        id: u32,
+        block_count: u64,
+        root: Fingerprint,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        match self.existing(id, block_count, name, "adopts")? {
+            Some(vdisk) => *vdisk.map_mut() = self.shared.open_map(block_count, root),
+            None => self.add_vdisk(id, block_count, name, root),
+        }
+        self.applied.insert(id, seq);
+        Ok(())
+    }
+
+    /// The store's vdisk `id` named `name` of `block_count` blocks, if it
+    /// has it; an error if another vdisk has that id or name, or it has
+    /// another size. `what` says what the batch does with it.
+    fn existing(
+        &self,
+        id: u32,
+        block_count: u64,
+        name: &str,
+        what: &str,
+    ) -> anyhow::Result<Option<Arc<StoreVdisk>>> {
+        let vdisks = self.shared.vdisks();
+        let Some(v) = vdisks.into_iter().find(|v| v.id == id || v.name == name) else {
+            return Ok(None);
+        };
+        if v.id != id || v.name != name || v.block_count != block_count {
+            bail!(
+                "batch {what} vdisk {name} (id {id}, {block_count} blocks), but the store has {} (id {}, {} blocks)",
+                v.name,
+                v.id,
+                v.block_count
+            );
+        }
+        Ok(Some(v))
+    }
+
+    fn add_vdisk(&mut self, id: u32, block_count: u64, name: &str, root: Fingerprint) {
+        let shared = self.shared;
+        let map = shared.open_map(block_count, root);
+        let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
         vdisks.push(Arc::new(StoreVdisk::new(
             id,
             name.to_string(),
@@ -384,8 +440,6 @@ impl<'a> BatchReplay<'a> {
             shared.core.clone(),
         )));
         vdisks.sort_by_key(|v| v.id);
-        self.applied.insert(id, 0);
-        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
 //! A vdisk inside the flash store: its map, and the write and lookup
 //! operations the `strata` engine calls from queue threads.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rayon::prelude::*;
 use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
@@ -78,6 +79,11 @@ pub struct StoreVdisk {
     /// block holds it alone, so no write lands between its read and write.
     rmw: RwLock<()>,
     core: Arc<Core>,
+    /// The epoch of this host's lease of the vdisk at the pool (0: none,
+    /// or no pool), which every append changing it names.
+    lease_epoch: AtomicU64,
+    /// Set when another host took the vdisk over: why its I/O now fails.
+    moved: OnceLock<String>,
 }
 
 impl StoreVdisk {
@@ -90,7 +96,32 @@ impl StoreVdisk {
             map: RwLock::new(map),
             rmw: RwLock::new(()),
             core,
+            lease_epoch: AtomicU64::new(0),
+            moved: OnceLock::new(),
         }
+    }
+
+    /// The epoch of this host's lease of the vdisk (0: none).
+    pub fn lease_epoch(&self) -> u64 {
+        self.lease_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records the epoch of this host's lease of the vdisk.
+    pub fn set_lease_epoch(&self, epoch: u64) {
+        self.lease_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Another host took the vdisk over: from now on every read and write
+    /// of it fails, with `reason`.
+    pub fn mark_moved(&self, reason: String) {
+        if self.moved.set(reason.clone()).is_ok() {
+            tracing::error!(vdisk = %self.name, %reason, "vdisk moved to another host; its I/O here now fails");
+        }
+    }
+
+    /// Why the vdisk's I/O fails, if another host took it over.
+    pub fn moved(&self) -> Option<&str> {
+        self.moved.get().map(String::as_str)
     }
 
     /// Held (shared) by writes of whole blocks.

@@ -343,6 +343,29 @@ impl Daemon {
     /// which fences this one). It uses this daemon's pool, so drop it
     /// first.
     pub fn start_successor(&self) -> Daemon {
+        let all: Vec<usize> = (0..self.vdisks.len()).collect();
+        self.start_beside(self.args.clone(), &all)
+    }
+
+    /// Starts strata-host as another host of this daemon's pool, named
+    /// `host` (its certificate is made here), serving this daemon's vdisks
+    /// `vdisks` (by index) on a flash and sockets of its own: opening them
+    /// takes them over from this daemon. Drop it before this daemon.
+    pub fn start_on_host(&self, host: &str, vdisks: &[usize]) -> Daemon {
+        let pool = self.pool.as_ref().expect("another host needs a pool");
+        pool.add_host(host);
+        let mut args = self.args.clone();
+        let at = args
+            .iter()
+            .position(|a| a == "--host-name")
+            .expect("a pooled daemon has --host-name");
+        args[at + 1] = host.to_string();
+        self.start_beside(args, vdisks)
+    }
+
+    /// Starts strata-host with `args`, serving this daemon's vdisks
+    /// `vdisks`, on a directory, flash and sockets of its own.
+    fn start_beside(&self, args: Vec<String>, vdisks: &[usize]) -> Daemon {
         assert!(
             self.target == Target::StrataHost,
             "only strata-host has successors"
@@ -359,21 +382,22 @@ impl Daemon {
             )
             .expect("copying a key file");
         }
-        let vdisks = self
-            .vdisks
+        let vdisks = vdisks
             .iter()
             .enumerate()
-            .map(|(i, v)| Vdisk {
-                options: v.options.clone(),
-                image: dir.path().join(format!("{}.img", v.options.name)),
-                socket: dir.path().join(format!("{i}.sock")),
-                has_image: v.has_image,
+            .map(|(i, &index)| {
+                let v = &self.vdisks[index];
+                Vdisk {
+                    options: v.options.clone(),
+                    image: dir.path().join(format!("{}.img", v.options.name)),
+                    socket: dir.path().join(format!("{i}.sock")),
+                    has_image: v.has_image,
+                }
             })
             .collect();
-        let mut successor =
-            Daemon::spawn(self.target, self.kind, vdisks, dir, self.args.clone(), None);
-        successor.wait_for_sockets();
-        successor
+        let mut daemon = Daemon::spawn(self.target, self.kind, vdisks, dir, args, None);
+        daemon.wait_for_sockets();
+        daemon
     }
 
     /// The pool strata-host writes through, when `STRATA_TEST_POOL=1`.

@@ -71,6 +71,13 @@ impl PoolNode {
         self.process.host_args(HOST_NAME, destage_secs)
     }
 
+    /// Makes a certificate for another host, `name` (`strata host add`).
+    pub fn add_host(&self, name: &str) {
+        ClusterDir::new(&self.cluster_dir)
+            .add_host(name)
+            .expect("strata host add");
+    }
+
     /// Runs `strata ARGS --pool ADDR` as the cluster's administrator and
     /// returns what it printed; panics if it fails.
     pub fn admin(&self, args: &[&str]) -> String {
