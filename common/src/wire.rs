@@ -79,9 +79,9 @@ pub const MAX_STATE_LEN: usize = 4 << 20;
 /// Longest vdisk name a host may claim.
 pub const MAX_VDISK_NAME_LEN: usize = 255;
 /// Most vdisks one append may name.
-pub const MAX_APPEND_VDISKS: usize = 1024;
+pub const MAX_APPEND_VDISKS: usize = 1 << 16;
 /// Longest host name a request may name.
-pub const MAX_HOST_NAME_LEN: usize = 255;
+pub const MAX_HOST_NAME_LEN: usize = crate::pki::MAX_HOST_NAME_LEN;
 /// Longest datastore name a request may name.
 pub const MAX_DATASTORE_NAME_LEN: usize = 255;
 /// Longest datastore key file the pool keeps.
@@ -256,12 +256,15 @@ pub mod code {
     /// The connection's lease is not the host's current one (a newer
     /// strata-host took over), or it never opened one.
     pub const FENCED: u16 = 6;
+    /// The NVLOG does not hold the record asked for.
+    pub const NOT_FOUND: u16 = 8;
     /// A vdisk changed hands while it was being claimed (the pool looks
     /// again; a host never sees it). Code 7 meant "held by another host"
     /// before a claim could take a vdisk over; it is no longer sent.
     pub const CHANGED: u16 = 9;
-    /// The NVLOG does not hold the record asked for.
-    pub const NOT_FOUND: u16 = 8;
+    /// The vdisk's lease is no longer the one the request was made under:
+    /// another host claimed it.
+    pub const MOVED: u16 = 10;
 }
 
 /// A response from the pool.

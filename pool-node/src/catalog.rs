@@ -125,8 +125,8 @@ impl VdiskHolder {
         out
     }
 
-    /// Decodes vdisk `vdisk`'s record (for errors only); any bytes give a
-    /// holder with a host name, or an error.
+    /// Decodes vdisk `vdisk`'s record (the name only goes into errors);
+    /// any bytes give a holder with a host name, or an error.
     pub fn decode(vdisk: &str, bytes: &[u8]) -> anyhow::Result<VdiskHolder> {
         let bad = || {
             anyhow::anyhow!(
@@ -497,10 +497,7 @@ impl Catalog {
         check_lease(&tx, host, epoch)?;
         let claim = {
             let mut holders = tx.open_table(HOLDERS).map_err(redb::Error::from)?;
-            let current = match holders.get(vdisk).map_err(redb::Error::from)? {
-                Some(v) => Some(VdiskHolder::decode(vdisk, v.value())?),
-                None => None,
-            };
+            let current = holder_in(&holders, vdisk)?;
             if current.as_ref().map(|h| h.host.as_str()) != expected {
                 return Err(NamespaceError::Changed {
                     vdisk: vdisk.to_string(),
@@ -542,10 +539,7 @@ impl Catalog {
         check_lease(&tx, host, epoch)?;
         let holder = {
             let mut holders = tx.open_table(HOLDERS).map_err(redb::Error::from)?;
-            let current = match holders.get(vdisk).map_err(redb::Error::from)? {
-                Some(v) => Some(VdiskHolder::decode(vdisk, v.value())?),
-                None => None,
-            };
+            let current = holder_in(&holders, vdisk)?;
             let mut holder = match current {
                 Some(h) if h.host == host && h.epoch == vdisk_epoch => h,
                 Some(h) => {
@@ -629,6 +623,17 @@ impl Catalog {
         let mut through = [0u8; 8];
         through.copy_from_slice(&v[..8]);
         Ok(Some((u64::from_le_bytes(through), v[8..].to_vec())))
+    }
+}
+
+/// Vdisk `vdisk`'s holder as `table` records it.
+fn holder_in(
+    table: &redb::Table<&str, &[u8]>,
+    vdisk: &str,
+) -> Result<Option<VdiskHolder>, NamespaceError> {
+    match table.get(vdisk).map_err(redb::Error::from)? {
+        Some(v) => Ok(Some(VdiskHolder::decode(vdisk, v.value())?)),
+        None => Ok(None),
     }
 }
 

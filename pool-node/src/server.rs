@@ -1057,7 +1057,8 @@ fn serve_pool_request(
 /// The error response for a refused commit or claim, logged.
 fn namespace_error(host: &str, what: &str, e: NamespaceError) -> Response {
     let code = match e {
-        NamespaceError::Fenced { .. } | NamespaceError::Moved { .. } => code::FENCED,
+        NamespaceError::Fenced { .. } => code::FENCED,
+        NamespaceError::Moved { .. } => code::MOVED,
         NamespaceError::Changed { .. } => code::CHANGED,
         NamespaceError::Storage(_) => code::STORAGE,
     };

@@ -37,9 +37,20 @@ impl VdiskLeases {
         self.lock().get(vdisk).cloned()
     }
 
-    /// Records `holder` for `vdisk`, once the catalog has.
+    /// Records `holder` for `vdisk`, once the catalog has. Changes may
+    /// arrive out of order (a claim runs in the old holder's log writer,
+    /// an adoption report on a worker): one older than what is recorded is
+    /// ignored, so the table never goes back to an earlier lease. At the
+    /// same epoch only the end of an adoption is news.
     pub fn set(&self, vdisk: &str, holder: VdiskHolder) {
-        self.lock().insert(vdisk.to_string(), holder);
+        let mut holders = self.lock();
+        let newer = holders.get(vdisk).is_none_or(|current| {
+            holder.epoch > current.epoch
+                || (holder.epoch == current.epoch && holder.adopt_from.is_none())
+        });
+        if newer {
+            holders.insert(vdisk.to_string(), holder);
+        }
     }
 
     /// The vdisks among `tickets` that `host` does not hold under the
@@ -106,5 +117,29 @@ mod tests {
         assert!(leases.not_held("h2", &[ticket("db", 2)]).is_empty());
         assert!(leases.adopting_from("h2", "h1"));
         assert!(!leases.adopting_from("h1", "h2"));
+        // Reports that finish late change nothing: an earlier lease, or a
+        // claim's view of an adoption already reported done.
+        let done = VdiskHolder {
+            host: "h2".to_string(),
+            epoch: 2,
+            adopt_from: None,
+        };
+        leases.set("db", done.clone());
+        leases.set(
+            "db",
+            VdiskHolder {
+                adopt_from: Some("h1".to_string()),
+                ..done.clone()
+            },
+        );
+        leases.set(
+            "db",
+            VdiskHolder {
+                host: "h1".to_string(),
+                epoch: 1,
+                adopt_from: None,
+            },
+        );
+        assert_eq!(leases.get("db"), Some(done));
     }
 }

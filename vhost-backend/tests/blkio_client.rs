@@ -1971,6 +1971,11 @@ fn a_vdisk_opened_on_another_host_moves_there_with_every_acknowledged_write() {
     let _pending = db_client.q().submit(&Req::writes(&in_flight));
 
     let mut b = a.start_on_host("other-host", &[0]);
+    // A flush before any write: nothing of B's is waiting to be durable.
+    Client::open(&b, 1)
+        .q()
+        .flush()
+        .expect("a flush as B's first request");
     check_after_crash(&b, &db, &in_flight);
     {
         let mut client = Client::open(&b, 1);

@@ -3,42 +3,48 @@
 //!
 //! The pool fenced the previous holder for the vdisk when this host claimed
 //! it, so that holder's committed state plus the suffix of its NVLOG after
-//! the commit hold every acknowledged write of the vdisk, and nothing
-//! changes them any more. Adopting copies them into this host's log as
-//! its own records:
+//! the commit hold every write of the vdisk it acknowledged, and its log
+//! gains no more of them. Adopting reads them (the pool allows it while
+//! the claim names that host) and gathers, in RAM:
 //!
 //! 1. an adopt item: the vdisk at the root of the previous holder's commit
 //!    (whose nodes and blocks are in the pool's stripes), or empty when
 //!    the vdisk was created after that commit;
-//! 2. the vdisk's set and unmap items from the suffix, renumbered in this
-//!    store's update sequence, with the frames they reference that the
-//!    suffix logged;
-//! 3. frames the sets reference that neither the suffix's own records nor
-//!    the stripes hold (logged earlier in the suffix for another vdisk),
+//! 2. the vdisk's set and unmap items from the suffix, with the frames they
+//!    reference that the same records logged;
+//! 3. frames the sets reference that neither those records nor the stripes
+//!    hold (logged earlier in the suffix for another vdisk, a dedupe hit),
 //!    found in a second pass over the suffix.
 //!
-//! Every record is appended under this host's vdisk lease and applied to
-//! the store exactly as a replay of the log would, so a restart rebuilds
-//! the same vdisk. A previous holder that truncates its log while it is
-//! read (a destage committed meanwhile) shows as a gap in the sequence
-//! numbers: the adoption starts again from the newer commit, whose adopt
-//! item replaces whatever the first attempt logged.
+//! Only then are they written, as records of this host's log: each record's
+//! items get this store's update sequence numbers and are applied to the
+//! vdisk under its map lock (so a destage's roots reflect exactly the
+//! updates numbered below what they claim, as for guest writes), and the
+//! record is appended under this host's vdisk lease. A restart rebuilds the
+//! same vdisk by replaying them. Nothing is appended while the previous
+//! holder's log is being read: that read runs in the pool's writer thread
+//! of that log, and two hosts adopting from each other must not wait on
+//! each other's writers.
+//!
+//! A previous holder that truncates its log while it is read (it destaged
+//! meanwhile) shows as a gap in the sequence numbers: the adoption starts
+//! again from its newer commit.
 
 use anyhow::{bail, Context};
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use strata_common::fingerprint::Fingerprint;
-use strata_common::frame::FrameHeader;
+use strata_common::frame::verify_checksum;
 use strata_common::ondisk::{decode_batch, BatchBuilder, BatchItem, Checkpoint};
 use strata_common::wire::VdiskTicket;
 
 use super::core::MAX_UNWRITTEN_SEGMENTS;
 use super::flusher::{self, Writer};
-use super::nvlog_frames::frames_of_batch;
-use super::recovery::{blocks_the_pool_lacks, BatchReplay};
+use super::nvlog_frames::frames_in_batch;
+use super::recovery::{add_vdisk, blocks_the_pool_lacks, existing_vdisk, store_frame};
 use super::Shared;
 use crate::pool::PoolLink;
 
-/// Bytes of items after which an adoption record is sent.
+/// Bytes of items after which an adoption record is cut.
 const RECORD_BYTES: usize = 4 << 20;
 /// How many times an adoption starts again after the previous holder
 /// truncated its log under it.
@@ -69,39 +75,35 @@ pub fn adopt(
     }
     let result = (|| {
         let mut reader = link.join()?;
-        let mut adoption = Adoption {
-            shared,
-            writer,
-            link: &mut link,
-            name,
-            id,
-            ticket: VdiskTicket {
-                name: name.to_string(),
-                epoch,
-            },
-            replay: BatchReplay::new(shared),
-            record: BatchBuilder::new(),
-            records: 0,
-            frames: 0,
-        };
         for attempt in 1..=MAX_ATTEMPTS {
-            match adoption.attempt(&mut reader, source)? {
-                Outcome::Adopted => {
-                    tracing::info!(
-                        vdisk = name,
-                        from = source,
-                        records = adoption.records,
-                        frames = adoption.frames,
-                        "adopted the vdisk's state into this host's log"
-                    );
-                    return Ok(true);
-                }
-                Outcome::Absent => return Ok(false),
-                Outcome::Truncated => {
-                    tracing::info!(vdisk = name, from = source, attempt,
-                        "the previous holder truncated its log while it was read; adopting again from its newer commit");
-                }
+            let Some(spool) = gather(&mut reader, &mut link, source, name)? else {
+                tracing::info!(vdisk = name, from = source, attempt,
+                    "the previous holder truncated its log while it was read; adopting again from its newer commit");
+                continue;
+            };
+            if spool.is_empty() {
+                return Ok(false);
             }
+            let mut records = Records {
+                shared,
+                writer: &mut *writer,
+                link: &mut link,
+                name,
+                id,
+                ticket: VdiskTicket {
+                    name: name.to_string(),
+                    epoch,
+                },
+            };
+            let (count, frames) = records.write(spool)?;
+            tracing::info!(
+                vdisk = name,
+                from = source,
+                records = count,
+                frames,
+                "adopted the vdisk's state into this host's log"
+            );
+            return Ok(true);
         }
         bail!("host {source} kept truncating its log while vdisk {name} was adopted from it")
     })();
@@ -109,253 +111,316 @@ pub fn adopt(
     result
 }
 
-/// How one attempt ended.
-enum Outcome {
-    /// The vdisk's state is in this host's log and store.
-    Adopted,
-    /// The source's state has no such vdisk.
-    Absent,
-    /// The source's log lost records the attempt needed: start again.
-    Truncated,
+/// One item of the adopted state, before it has this store's numbers.
+enum Spooled {
+    /// The vdisk holds this map (of this many blocks) from here on.
+    Adopt {
+        block_count: u64,
+        root: Fingerprint,
+    },
+    Set {
+        lba: u64,
+        fps: Vec<Fingerprint>,
+    },
+    Unmap {
+        lba: u64,
+        count: u64,
+    },
+    Frame(Fingerprint, Vec<u8>),
 }
 
-/// One adoption in progress.
-struct Adoption<'a> {
+impl Spooled {
+    /// Roughly its bytes in a record.
+    fn len(&self) -> usize {
+        match self {
+            Spooled::Adopt { .. } | Spooled::Unmap { .. } => 64,
+            Spooled::Set { fps, .. } => 32 + 32 * fps.len(),
+            Spooled::Frame(_, frame) => 8 + frame.len(),
+        }
+    }
+}
+
+/// Checks that a replay's records follow one another from its first.
+struct Contiguous {
+    next: u64,
+    broken: bool,
+}
+
+impl Contiguous {
+    fn from(first: u64) -> Contiguous {
+        Contiguous {
+            next: first,
+            broken: false,
+        }
+    }
+
+    fn check(&mut self, seq: u64) -> anyhow::Result<()> {
+        if seq != self.next {
+            self.broken = true;
+            bail!("record {seq} follows {}", self.next - 1);
+        }
+        self.next = seq + 1;
+        Ok(())
+    }
+
+    /// Whether the replay that ended with `result` (the log's last
+    /// sequence number) missed records: the log was truncated under it.
+    fn missed(&self, result: &anyhow::Result<u64>) -> bool {
+        self.broken || result.as_ref().is_ok_and(|&last| last >= self.next)
+    }
+}
+
+/// Reads vdisk `name`'s state from host `source`'s commit and log: `None`
+/// if `source` truncated the log meanwhile, an empty list if it has no
+/// such vdisk.
+fn gather(
+    reader: &mut PoolLink,
+    link: &mut PoolLink,
+    source: &str,
+    name: &str,
+) -> anyhow::Result<Option<Vec<Spooled>>> {
+    let (through, base) = match reader.load_commit_of(source)? {
+        Some((through, state)) => {
+            let cp = Checkpoint::decode(&state)
+                .with_context(|| format!("the pool's commit of host {source} is damaged"))?;
+            (through, cp.vdisks.into_iter().find(|v| v.name == name))
+        }
+        None => (0, None),
+    };
+    let mut spool = Vec::new();
+    // The source's id of the vdisk, once known.
+    let mut source_id = None;
+    if let Some(v) = &base {
+        source_id = Some(v.id);
+        spool.push(Spooled::Adopt {
+            block_count: v.block_count,
+            root: v.root,
+        });
+    }
+    let mut copied: FxHashSet<Fingerprint> = FxHashSet::default();
+    let mut wanted: FxHashSet<Fingerprint> = FxHashSet::default();
+    let mut order = Contiguous::from(through + 1);
+    let replayed = reader.replay_of(source, through + 1, |seq, payload| {
+        order.check(seq)?;
+        let items =
+            decode_batch(payload).with_context(|| format!("host {source}'s record {seq}"))?;
+        let mut logged: Option<FxHashMap<Fingerprint, &[u8]>> = None;
+        for item in &items {
+            match item {
+                BatchItem::Vdisk {
+                    id,
+                    block_count,
+                    name: n,
+                } if n == name => {
+                    source_id = Some(*id);
+                    spool.push(Spooled::Adopt {
+                        block_count: *block_count,
+                        root: Fingerprint::ZERO,
+                    });
+                }
+                BatchItem::Adopt {
+                    id,
+                    block_count,
+                    root,
+                    name: n,
+                    ..
+                } if n == name => {
+                    source_id = Some(*id);
+                    spool.push(Spooled::Adopt {
+                        block_count: *block_count,
+                        root: *root,
+                    });
+                }
+                BatchItem::Set {
+                    vdisk, lba, fps, ..
+                } if Some(*vdisk) == source_id => {
+                    let logged = logged
+                        .get_or_insert_with(|| frames_in_batch(payload).into_iter().collect());
+                    for fp in fps.iter().filter(|fp| !fp.is_zero()) {
+                        if copied.contains(fp) {
+                            continue;
+                        }
+                        match logged.get(fp) {
+                            Some(frame) => {
+                                spool.push(Spooled::Frame(*fp, frame.to_vec()));
+                                copied.insert(*fp);
+                            }
+                            None => {
+                                wanted.insert(*fp);
+                            }
+                        }
+                    }
+                    spool.push(Spooled::Set {
+                        lba: *lba,
+                        fps: fps.clone(),
+                    });
+                }
+                BatchItem::Unmap {
+                    vdisk, lba, count, ..
+                } if Some(*vdisk) == source_id => {
+                    spool.push(Spooled::Unmap {
+                        lba: *lba,
+                        count: *count,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    });
+    if order.missed(&replayed) {
+        return Ok(None);
+    }
+    replayed?;
+    if source_id.is_none() {
+        return Ok(Some(Vec::new()));
+    }
+    // Frames the vdisk's sets reference that the suffix logged for other
+    // vdisks, and that the stripes lack: a second pass.
+    let lacking = wanted.difference(&copied).copied().collect();
+    let mut lacking: FxHashSet<Fingerprint> =
+        blocks_the_pool_lacks(link, lacking)?.into_iter().collect();
+    if lacking.is_empty() {
+        return Ok(Some(spool));
+    }
+    let mut order = Contiguous::from(through + 1);
+    let replayed = reader.replay_of(source, through + 1, |seq, payload| {
+        order.check(seq)?;
+        for (fp, frame) in frames_in_batch(payload) {
+            if lacking.remove(&fp) {
+                spool.push(Spooled::Frame(fp, frame.to_vec()));
+            }
+        }
+        Ok(())
+    });
+    if order.missed(&replayed) {
+        return Ok(None);
+    }
+    replayed?;
+    let still = blocks_the_pool_lacks(link, lacking.into_iter().collect())?;
+    if !still.is_empty() {
+        bail!(
+            "neither the pool nor host {source}'s log holds {} blocks of vdisk {name}",
+            still.len()
+        );
+    }
+    Ok(Some(spool))
+}
+
+/// Writes an adopted vdisk's state as records of this host's log.
+struct Records<'a> {
     shared: &'a Shared,
     writer: &'a mut Writer,
     link: &'a mut PoolLink,
     name: &'a str,
     id: u32,
     ticket: VdiskTicket,
-    replay: BatchReplay<'a>,
-    record: BatchBuilder,
-    /// Records appended, and frames copied into them.
-    records: usize,
-    frames: usize,
 }
 
-impl Adoption<'_> {
-    fn attempt(&mut self, reader: &mut PoolLink, source: &str) -> anyhow::Result<Outcome> {
-        let name = self.name;
-        // Whatever an earlier attempt built and did not send.
-        self.record.clear();
-        let (through, base) = match reader.load_commit_of(source)? {
-            Some((through, state)) => {
-                let cp = Checkpoint::decode(&state)
-                    .with_context(|| format!("the pool's commit of host {source} is damaged"))?;
-                let base = cp.vdisks.into_iter().find(|v| v.name == name);
-                (through, base)
+impl Records<'_> {
+    /// Writes `spool` (which starts with an adopt item) in records of about
+    /// [`RECORD_BYTES`]; returns the number of records and of frames.
+    fn write(&mut self, spool: Vec<Spooled>) -> anyhow::Result<(usize, usize)> {
+        let frames = spool
+            .iter()
+            .filter(|s| matches!(s, Spooled::Frame(..)))
+            .count();
+        let mut records = 0;
+        let mut part = Vec::new();
+        let mut bytes = 0;
+        for item in spool {
+            bytes += item.len();
+            part.push(item);
+            if bytes >= RECORD_BYTES {
+                self.send(std::mem::take(&mut part))?;
+                records += 1;
+                bytes = 0;
             }
-            None => (0, None),
+        }
+        if !part.is_empty() {
+            self.send(part)?;
+            records += 1;
+        }
+        Ok((records, frames))
+    }
+
+    /// Numbers `items` and applies them to the vdisk under its map lock,
+    /// then appends them as one record.
+    fn send(&mut self, items: Vec<Spooled>) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let core = &*shared.core;
+        let (name, id) = (self.name, self.id);
+        let vdisk = match items.first() {
+            Some(Spooled::Adopt { block_count, .. }) => {
+                match existing_vdisk(shared, id, *block_count, name, "adopts")? {
+                    Some(vdisk) => vdisk,
+                    None => add_vdisk(shared, id, *block_count, name, Fingerprint::ZERO),
+                }
+            }
+            _ => shared
+                .vdisks()
+                .into_iter()
+                .find(|v| v.id == id)
+                .with_context(|| format!("vdisk {name} is not in the store"))?,
         };
-        // The source's id of the vdisk, once known.
-        let mut source_id = None;
-        if let Some(v) = &base {
-            source_id = Some(v.id);
-            let seq = self.next_seq();
-            self.record
-                .push_adopt(seq, self.id, v.block_count, v.root, name);
-        }
-        let mut copied: FxHashSet<Fingerprint> = FxHashSet::default();
-        let mut wanted: FxHashSet<Fingerprint> = FxHashSet::default();
-        let mut next = through + 1;
-        let mut gap = false;
-        let last = reader.replay_of(source, through + 1, |seq, payload| {
-            if seq != next {
-                gap = true;
-                bail!("record {seq} follows {}", next - 1);
-            }
-            next = seq + 1;
-            let items =
-                decode_batch(payload).with_context(|| format!("host {source}'s record {seq}"))?;
+        let mut record = BatchBuilder::new();
+        let mut last_seq = 0;
+        {
+            let mut map = vdisk.map_mut();
+            let mut next_seq = || {
+                let mut state = core.lock();
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                last_seq = seq;
+                seq
+            };
             for item in &items {
-                self.take_item(item, &items, &mut source_id, &mut copied, &mut wanted)?;
-            }
-            if self.record.len() >= RECORD_BYTES {
-                self.send()?;
-            }
-            Ok(())
-        });
-        match last {
-            Err(_) if gap => return Ok(Outcome::Truncated),
-            Err(e) => return Err(e),
-            Ok(last) if last >= next => return Ok(Outcome::Truncated),
-            Ok(_) => {}
-        }
-        if source_id.is_none() {
-            self.record.clear();
-            return Ok(Outcome::Absent);
-        }
-        self.send()?;
-        // Frames the vdisk's sets reference that the suffix logged for
-        // other vdisks, and that the stripes lack: a second pass.
-        let lacking = wanted.difference(&copied).copied().collect();
-        let mut lacking: FxHashSet<Fingerprint> = blocks_the_pool_lacks(self.link, lacking)?
-            .into_iter()
-            .collect();
-        if !lacking.is_empty() {
-            let mut next = through + 1;
-            let pass = reader.replay_of(source, through + 1, |seq, payload| {
-                if seq != next {
-                    gap = true;
-                    bail!("record {seq} follows {}", next - 1);
-                }
-                next = seq + 1;
-                for frame in frames(payload) {
-                    if let Ok(header) = FrameHeader::parse(frame) {
-                        if lacking.remove(&header.fingerprint) {
-                            self.record.push_frame(frame);
-                            self.frames += 1;
-                        }
+                match item {
+                    Spooled::Adopt { block_count, root } => {
+                        record.push_adopt(next_seq(), id, *block_count, *root, name);
+                        *map = shared.open_map(*block_count, *root);
+                    }
+                    Spooled::Set { lba, fps } => {
+                        record.push_set(next_seq(), id, *lba, fps);
+                        let updates: Vec<_> = (*lba..).zip(fps.iter().copied()).collect();
+                        map.set(&updates)
+                            .with_context(|| format!("vdisk {name}: an adopted update"))?;
+                    }
+                    Spooled::Unmap { lba, count } => {
+                        record.push_unmap(next_seq(), id, *lba, *count);
+                        map.zero_range(*lba, *count)
+                            .with_context(|| format!("vdisk {name}: an adopted unmap"))?;
+                    }
+                    Spooled::Frame(fp, frame) => {
+                        verify_checksum(frame).context("a damaged frame in the adopted log")?;
+                        record.push_frame(frame);
+                        store_frame(shared, *fp, frame)?;
                     }
                 }
-                if self.record.len() >= RECORD_BYTES {
-                    self.send()?;
-                }
-                Ok(())
-            });
-            match pass {
-                Err(_) if gap => return Ok(Outcome::Truncated),
-                Err(e) => return Err(e),
-                Ok(_) => {}
-            }
-            self.send()?;
-            // Truncated meanwhile means destaged: the stripes have them.
-            let still = blocks_the_pool_lacks(self.link, lacking.into_iter().collect())?;
-            if !still.is_empty() {
-                bail!(
-                    "neither the pool nor host {source}'s log holds {} blocks of vdisk {name}",
-                    still.len()
-                );
             }
         }
-        Ok(Outcome::Adopted)
-    }
-
-    /// Takes one item of a source record: the vdisk's own items are
-    /// renumbered into the record being built, with the frames of `items`
-    /// (the same source record) that its sets reference.
-    fn take_item(
-        &mut self,
-        item: &BatchItem<'_>,
-        items: &[BatchItem<'_>],
-        source_id: &mut Option<u32>,
-        copied: &mut FxHashSet<Fingerprint>,
-        wanted: &mut FxHashSet<Fingerprint>,
-    ) -> anyhow::Result<()> {
-        match item {
-            BatchItem::Vdisk {
-                id,
-                block_count,
-                name,
-            } if name == self.name => {
-                *source_id = Some(*id);
-                let seq = self.next_seq();
-                self.record
-                    .push_adopt(seq, self.id, *block_count, Fingerprint::ZERO, name);
-            }
-            BatchItem::Adopt {
-                id,
-                block_count,
-                root,
-                name,
-                ..
-            } if name == self.name => {
-                *source_id = Some(*id);
-                let seq = self.next_seq();
-                self.record
-                    .push_adopt(seq, self.id, *block_count, *root, name);
-            }
-            BatchItem::Set {
-                vdisk, lba, fps, ..
-            } if Some(*vdisk) == *source_id => {
-                for fp in fps.iter().filter(|fp| !fp.is_zero()) {
-                    if copied.contains(fp) {
-                        continue;
-                    }
-                    let logged = items.iter().find_map(|i| match i {
-                        BatchItem::Frame(frame)
-                            if FrameHeader::parse(frame).is_ok_and(|h| h.fingerprint == *fp) =>
-                        {
-                            Some(*frame)
-                        }
-                        _ => None,
-                    });
-                    match logged {
-                        Some(frame) => {
-                            self.record.push_frame(frame);
-                            self.frames += 1;
-                            copied.insert(*fp);
-                        }
-                        None => {
-                            wanted.insert(*fp);
-                        }
-                    }
-                }
-                let seq = self.next_seq();
-                self.record.push_set(seq, self.id, *lba, fps);
-            }
-            BatchItem::Unmap {
-                vdisk, lba, count, ..
-            } if Some(*vdisk) == *source_id => {
-                let seq = self.next_seq();
-                self.record.push_unmap(seq, self.id, *lba, *count);
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// The next update sequence number of this store.
-    fn next_seq(&self) -> u64 {
-        let mut state = self.shared.core.lock();
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        seq
-    }
-
-    /// Applies the record built so far to the store and appends it to this
-    /// host's log.
-    fn send(&mut self) -> anyhow::Result<()> {
-        if self.record.is_empty() {
-            return Ok(());
-        }
-        let record = std::mem::take(&mut self.record);
-        let body = record.into_body();
-        let core = &*self.shared.core;
-        self.replay
-            .apply(&body)
-            .context("applying an adoption record")?;
         if core.lock().unwritten.len() >= MAX_UNWRITTEN_SEGMENTS {
             flusher::write_segments(core, self.writer)?;
         }
-        let frames = frames_of_batch(&body);
+        let frames = items
+            .iter()
+            .filter_map(|item| match item {
+                Spooled::Frame(fp, _) => Some(*fp),
+                _ => None,
+            })
+            .collect();
         self.link
-            .append(body, vec![self.ticket.clone()], &|| false)
+            .append(record.into_body(), vec![self.ticket.clone()], &|| {
+                core.lock().stopping
+            })
             .context("appending an adoption record")?;
+        let appended = self.link.last_appended();
         if let Some(reads) = &core.pool_reads {
-            reads.logged.note(self.link.last_appended(), frames);
+            reads.logged.note(appended, frames);
         }
-        core.nvlog_appended.store(
-            self.link.last_appended(),
-            std::sync::atomic::Ordering::Release,
-        );
-        self.records += 1;
+        core.nvlog_appended
+            .store(appended, std::sync::atomic::Ordering::Release);
+        core.publish_durable(last_seq);
         Ok(())
     }
-}
-
-/// The frames of a record's payload (none if it does not decode).
-fn frames(payload: &[u8]) -> Vec<&[u8]> {
-    decode_batch(payload)
-        .map(|items| {
-            items
-                .into_iter()
-                .filter_map(|item| match item {
-                    BatchItem::Frame(frame) => Some(frame),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_common::ondisk::{decode_batch, BatchBuilder, Checkpoint, RecordKind, VdiskRoot};
-use strata_common::wire::VdiskTicket;
+use strata_common::wire::{VdiskTicket, MAX_APPEND_VDISKS};
 
 use super::core::{Core, SlotState};
 use super::device::PageWriter;
@@ -187,6 +187,18 @@ fn append_to_pool(
         .into_iter()
         .filter(|v| vdisk_ids.contains(&v.id))
         .collect();
+    if touched.len() != vdisk_ids.len() {
+        return Err(StoreError::Pool(format!(
+            "a batch changes vdisks {vdisk_ids:?}, but the store has only {} of them",
+            touched.len()
+        )));
+    }
+    if touched.len() > MAX_APPEND_VDISKS {
+        return Err(StoreError::Pool(format!(
+            "a batch changes {} vdisks; an NVLOG record may name at most {MAX_APPEND_VDISKS}",
+            touched.len()
+        )));
+    }
     loop {
         let moved: Vec<u32> = touched
             .iter()

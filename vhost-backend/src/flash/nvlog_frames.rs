@@ -63,89 +63,39 @@ impl NvlogFrames {
     }
 }
 
-/// The fingerprints of the frames in batch body `body` (one this host
-/// built; a body that does not decode has none).
-pub fn frames_of_batch(body: &[u8]) -> Vec<Fingerprint> {
+/// The frames in batch body `body`, each with its fingerprint (a body
+/// that does not decode has none, a frame whose header does not parse is
+/// left out; the caller verifies the bytes).
+pub fn frames_in_batch(body: &[u8]) -> Vec<(Fingerprint, &[u8])> {
     match decode_batch(body) {
         Ok(items) => items
-            .iter()
+            .into_iter()
             .filter_map(|item| match item {
-                BatchItem::Frame(frame) => FrameHeader::parse(frame).ok(),
+                BatchItem::Frame(frame) => FrameHeader::parse(frame)
+                    .ok()
+                    .map(|header| (header.fingerprint, frame)),
                 _ => None,
             })
-            .map(|header| header.fingerprint)
             .collect(),
         Err(e) => {
-            tracing::error!(error = %e, "a batch of this host does not decode");
+            tracing::error!(error = %e, "an NVLOG record does not decode");
             Vec::new()
         }
     }
 }
 
+/// The fingerprints of the frames in batch body `body`.
+pub fn frames_of_batch(body: &[u8]) -> Vec<Fingerprint> {
+    frames_in_batch(body)
+        .into_iter()
+        .map(|(fp, _)| fp)
+        .collect()
+}
+
 /// The bytes of the frame with `fingerprint` in batch body `body`, as the
 /// record holds them (the caller verifies them).
 pub fn frame_in_batch<'a>(body: &'a [u8], fingerprint: &Fingerprint) -> Option<&'a [u8]> {
-    decode_batch(body)
-        .ok()?
+    frames_in_batch(body)
         .into_iter()
-        .find_map(|item| match item {
-            BatchItem::Frame(frame)
-                if FrameHeader::parse(frame).is_ok_and(|h| h.fingerprint == *fingerprint) =>
-            {
-                Some(frame)
-            }
-            _ => None,
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use strata_common::frame::{Encoded, FrameCodec, FrameKeys};
-    use strata_common::ondisk::BatchBuilder;
-
-    fn frame(codec: &FrameCodec, fill: u8) -> (Fingerprint, Vec<u8>) {
-        let block = [fill; 4096];
-        let mut out = Vec::new();
-        match codec.encode(&block, &mut out).expect("encoding") {
-            Encoded::Frame(fp) => (fp, out),
-            Encoded::Zero => panic!("block {fill} encodes as zero"),
-        }
-    }
-
-    #[test]
-    fn frames_are_found_in_their_batch_and_forgotten_at_truncation() {
-        let codec = FrameCodec::new(&FrameKeys {
-            data_key: [1; 32],
-            dedupe_key: [2; 32],
-        });
-        let (a, frame_a) = frame(&codec, 1);
-        let (b, frame_b) = frame(&codec, 2);
-        let (c, _) = frame(&codec, 3);
-        let mut batch = BatchBuilder::new();
-        batch.push_frame(&frame_a);
-        batch.push_set(1, 0, 0, &[a, b]);
-        batch.push_frame(&frame_b);
-        let body = batch.into_body();
-        assert_eq!(frames_of_batch(&body), vec![a, b]);
-        assert_eq!(frame_in_batch(&body, &a), Some(&frame_a[..]));
-        assert_eq!(frame_in_batch(&body, &b), Some(&frame_b[..]));
-        assert_eq!(frame_in_batch(&body, &c), None);
-        assert!(frames_of_batch(&body[..body.len() - 1]).is_empty());
-        assert_eq!(frame_in_batch(&body[..body.len() - 1], &b), None);
-
-        let logged = NvlogFrames::default();
-        logged.note(4, frames_of_batch(&body));
-        logged.note(5, Vec::new());
-        logged.note(7, vec![c, a]);
-        assert_eq!(logged.record_of(&a), Some(7), "the newer record wins");
-        assert_eq!(logged.record_of(&b), Some(4));
-        logged.forget_through(4);
-        assert_eq!(logged.record_of(&b), None);
-        assert_eq!(logged.record_of(&a), Some(7));
-        assert_eq!(logged.record_of(&c), Some(7));
-        logged.forget_through(7);
-        assert_eq!(logged.record_of(&a), None);
-        assert_eq!(logged.record_of(&c), None);
-    }
+        .find_map(|(fp, frame)| (fp == *fingerprint).then_some(frame))
 }

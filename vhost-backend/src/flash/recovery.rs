@@ -377,10 +377,10 @@ impl<'a> BatchReplay<'a> {
     /// Creates vdisk `id` unless the store has it (its checkpoint came
     /// first); a different vdisk under the same id or name is damage.
     fn create_vdisk(&mut self, id: u32, block_count: u64, name: &str) -> anyhow::Result<()> {
-        if self.existing(id, block_count, name, "creates")?.is_some() {
+        if existing_vdisk(self.shared, id, block_count, name, "creates")?.is_some() {
             return Ok(());
         }
-        self.add_vdisk(id, block_count, name, Fingerprint::ZERO);
+        add_vdisk(self.shared, id, block_count, name, Fingerprint::ZERO);
         self.applied.insert(id, 0);
         Ok(())
     }
@@ -396,56 +396,67 @@ impl<'a> BatchReplay<'a> {
         root: Fingerprint,
         name: &str,
     ) -> anyhow::Result<()> {
-        match self.existing(id, block_count, name, "adopts")? {
+        match existing_vdisk(self.shared, id, block_count, name, "adopts")? {
             Some(vdisk) => *vdisk.map_mut() = self.shared.open_map(block_count, root),
-            None => self.add_vdisk(id, block_count, name, root),
+            None => {
+                add_vdisk(self.shared, id, block_count, name, root);
+            }
         }
         self.applied.insert(id, seq);
         Ok(())
     }
+}
 
-    /// The store's vdisk `id` named `name` of `block_count` blocks, if it
-    /// has it; an error if another vdisk has that id or name, or it has
-    /// another size. `what` says what the batch does with it.
-    fn existing(
-        &self,
-        id: u32,
-        block_count: u64,
-        name: &str,
-        what: &str,
-    ) -> anyhow::Result<Option<Arc<StoreVdisk>>> {
-        let vdisks = self.shared.vdisks();
-        let Some(v) = vdisks.into_iter().find(|v| v.id == id || v.name == name) else {
-            return Ok(None);
-        };
-        if v.id != id || v.name != name || v.block_count != block_count {
-            bail!(
-                "batch {what} vdisk {name} (id {id}, {block_count} blocks), but the store has {} (id {}, {} blocks)",
-                v.name,
-                v.id,
-                v.block_count
-            );
-        }
-        Ok(Some(v))
+/// The store's vdisk `id` named `name` of `block_count` blocks, if it has
+/// it; an error if another vdisk has that id or name, or it has another
+/// size. `what` says what the batch does with it.
+pub fn existing_vdisk(
+    shared: &Shared,
+    id: u32,
+    block_count: u64,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<Option<Arc<StoreVdisk>>> {
+    let vdisks = shared.vdisks();
+    let Some(v) = vdisks.into_iter().find(|v| v.id == id || v.name == name) else {
+        return Ok(None);
+    };
+    if v.id != id || v.name != name || v.block_count != block_count {
+        bail!(
+            "batch {what} vdisk {name} (id {id}, {block_count} blocks), but the store has {} (id {}, {} blocks)",
+            v.name,
+            v.id,
+            v.block_count
+        );
     }
+    Ok(Some(v))
+}
 
-    fn add_vdisk(&mut self, id: u32, block_count: u64, name: &str, root: Fingerprint) {
-        let shared = self.shared;
-        let map = shared.open_map(block_count, root);
-        let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
-        vdisks.push(Arc::new(StoreVdisk::new(
-            id,
-            name.to_string(),
-            map,
-            shared.core.clone(),
-        )));
-        vdisks.sort_by_key(|v| v.id);
-    }
+/// Adds vdisk `id` named `name` of `block_count` blocks at map `root` to
+/// the store, which lacks it.
+pub fn add_vdisk(
+    shared: &Shared,
+    id: u32,
+    block_count: u64,
+    name: &str,
+    root: Fingerprint,
+) -> Arc<StoreVdisk> {
+    let map = shared.open_map(block_count, root);
+    let vdisk = Arc::new(StoreVdisk::new(
+        id,
+        name.to_string(),
+        map,
+        shared.core.clone(),
+    ));
+    let mut vdisks = shared.vdisks.write().unwrap_or_else(|p| p.into_inner());
+    vdisks.push(vdisk.clone());
+    vdisks.sort_by_key(|v| v.id);
+    vdisk
 }
 
 /// Puts a checked frame from a batch back into the store, unless it is
 /// there.
-fn store_frame(shared: &Shared, fingerprint: Fingerprint, frame: &[u8]) -> anyhow::Result<()> {
+pub fn store_frame(shared: &Shared, fingerprint: Fingerprint, frame: &[u8]) -> anyhow::Result<()> {
     let core = &*shared.core;
     let mut state = core.lock();
     if !state.index.contains_key(&fingerprint) {
