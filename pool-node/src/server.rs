@@ -896,7 +896,7 @@ fn may_read_state_of(leases: &VdiskLeases, host: &str, source: &str) -> Result<(
         "refused a read of another host's state: no vdisk is being adopted from it"
     );
     Err(Response::Error {
-        code: code::FENCED,
+        code: code::MOVED,
         message: format!(
             "host {host} adopts no vdisk from host {source}: its state is not {host}'s to read"
         ),

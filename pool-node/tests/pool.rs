@@ -543,7 +543,7 @@ async fn a_claim_takes_a_vdisk_over_and_fences_its_holder_for_it_alone() {
         from_seq: 1,
         host: "h1".to_string(),
     };
-    assert_eq!(refusal(&mut h3, replay_h1.clone()).await, code::FENCED);
+    assert_eq!(refusal(&mut h3, replay_h1.clone()).await, code::MOVED);
     assert_eq!(
         refusal(
             &mut h3,
@@ -552,7 +552,7 @@ async fn a_claim_takes_a_vdisk_over_and_fences_its_holder_for_it_alone() {
             }
         )
         .await,
-        code::FENCED
+        code::MOVED
     );
 
     // h2 takes db over: a new epoch, and h1 as the state to adopt.
@@ -625,7 +625,7 @@ async fn a_claim_takes_a_vdisk_over_and_fences_its_holder_for_it_alone() {
     }
     // Once adopted, h1's state is not h2's to read any more, and h2 may
     // change db.
-    assert_eq!(refusal(&mut h2, replay_h1).await, code::FENCED);
+    assert_eq!(refusal(&mut h2, replay_h1).await, code::MOVED);
     match h2.call(&vdisk_append(1, "db", 2)).await {
         Ok(Response::Appended { seq: 1 }) => {}
         other => panic!("the new holder's append answered {other:?}"),

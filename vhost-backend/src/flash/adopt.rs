@@ -37,7 +37,7 @@ use strata_common::frame::verify_checksum;
 use strata_common::ondisk::{decode_batch, BatchBuilder, BatchItem, Checkpoint};
 use strata_common::wire::VdiskTicket;
 
-use super::core::MAX_UNWRITTEN_SEGMENTS;
+use super::core::{Core, MAX_UNWRITTEN_SEGMENTS};
 use super::flusher::{self, Writer};
 use super::nvlog_frames::frames_in_batch;
 use super::recovery::{add_vdisk, blocks_the_pool_lacks, existing_vdisk, store_frame};
@@ -240,12 +240,14 @@ fn gather(
                         if copied.contains(fp) {
                             continue;
                         }
+                        // A damaged copy is left to the stripes or another
+                        // record, as a frame the record lacks.
                         match logged.get(fp) {
-                            Some(frame) => {
+                            Some(frame) if verify_checksum(frame).is_ok() => {
                                 spool.push(Spooled::Frame(*fp, frame.to_vec()));
                                 copied.insert(*fp);
                             }
-                            None => {
+                            _ => {
                                 wanted.insert(*fp);
                             }
                         }
@@ -287,7 +289,8 @@ fn gather(
     let replayed = reader.replay_of(source, through + 1, |seq, payload| {
         order.check(seq)?;
         for (fp, frame) in frames_in_batch(payload) {
-            if lacking.remove(&fp) {
+            if lacking.contains(&fp) && verify_checksum(frame).is_ok() {
+                lacking.remove(&fp);
                 spool.push(Spooled::Frame(fp, frame.to_vec()));
             }
         }
@@ -381,6 +384,7 @@ impl Records<'_> {
                         *map = shared.open_map(*block_count, *root);
                     }
                     Spooled::Set { lba, fps } => {
+                        protect_from_cleaner(core, fps);
                         record.push_set(next_seq(), id, *lba, fps);
                         let updates: Vec<_> = (*lba..).zip(fps.iter().copied()).collect();
                         map.set(&updates)
@@ -395,6 +399,7 @@ impl Records<'_> {
                         verify_checksum(frame).context("a damaged frame in the adopted log")?;
                         record.push_frame(frame);
                         store_frame(shared, *fp, frame)?;
+                        protect_from_cleaner(core, std::slice::from_ref(fp));
                     }
                 }
             }
@@ -420,7 +425,25 @@ impl Records<'_> {
         }
         core.nvlog_appended
             .store(appended, std::sync::atomic::Ordering::Release);
+        // Every update numbered up to `last_seq` is durable: vdisks are
+        // opened (and adopted) before any is served, so no guest update
+        // can be waiting in the flusher's batch below it.
         core.publish_durable(last_seq);
         Ok(())
+    }
+}
+
+/// Keeps the blocks `fingerprints` from a cleaner that is running: one
+/// that marked before they were referenced would drop them as dead (a
+/// guest write's dedupe hits are kept the same way).
+fn protect_from_cleaner(core: &Core, fingerprints: &[Fingerprint]) {
+    let mut state = core.lock();
+    let state = &mut *state;
+    if let Some(touched) = state.touched.as_mut() {
+        for fp in fingerprints {
+            if !fp.is_zero() && state.index.contains_key(fp) {
+                touched.insert(*fp);
+            }
+        }
     }
 }

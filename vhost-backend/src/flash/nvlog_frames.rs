@@ -99,3 +99,55 @@ pub fn frame_in_batch<'a>(body: &'a [u8], fingerprint: &Fingerprint) -> Option<&
         .into_iter()
         .find_map(|(fp, frame)| (fp == *fingerprint).then_some(frame))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::frame::{Encoded, FrameCodec, FrameKeys};
+    use strata_common::ondisk::BatchBuilder;
+
+    fn frame(codec: &FrameCodec, fill: u8) -> (Fingerprint, Vec<u8>) {
+        let block = [fill; 4096];
+        let mut out = Vec::new();
+        match codec.encode(&block, &mut out).expect("encoding") {
+            Encoded::Frame(fp) => (fp, out),
+            Encoded::Zero => panic!("block {fill} encodes as zero"),
+        }
+    }
+
+    #[test]
+    fn frames_are_found_in_their_batch_and_forgotten_at_truncation() {
+        let codec = FrameCodec::new(&FrameKeys {
+            data_key: [1; 32],
+            dedupe_key: [2; 32],
+        });
+        let (a, frame_a) = frame(&codec, 1);
+        let (b, frame_b) = frame(&codec, 2);
+        let (c, _) = frame(&codec, 3);
+        let mut batch = BatchBuilder::new();
+        batch.push_frame(&frame_a);
+        batch.push_set(1, 0, 0, &[a, b]);
+        batch.push_frame(&frame_b);
+        let body = batch.into_body();
+        assert_eq!(frames_of_batch(&body), vec![a, b]);
+        assert_eq!(frame_in_batch(&body, &a), Some(&frame_a[..]));
+        assert_eq!(frame_in_batch(&body, &b), Some(&frame_b[..]));
+        assert_eq!(frame_in_batch(&body, &c), None);
+        assert!(frames_of_batch(&body[..body.len() - 1]).is_empty());
+        assert_eq!(frame_in_batch(&body[..body.len() - 1], &b), None);
+
+        let logged = NvlogFrames::default();
+        logged.note(4, frames_of_batch(&body));
+        logged.note(5, Vec::new());
+        logged.note(7, vec![c, a]);
+        assert_eq!(logged.record_of(&a), Some(7), "the newer record wins");
+        assert_eq!(logged.record_of(&b), Some(4));
+        logged.forget_through(4);
+        assert_eq!(logged.record_of(&b), None);
+        assert_eq!(logged.record_of(&a), Some(7));
+        assert_eq!(logged.record_of(&c), Some(7));
+        logged.forget_through(7);
+        assert_eq!(logged.record_of(&a), None);
+        assert_eq!(logged.record_of(&c), None);
+    }
+}
