@@ -39,7 +39,7 @@
 //! | 0x89 | `Frames` | count u32, bytes each (empty: the pool lacks it) |
 //! | 0x8a | `Committed` | through_seq u64 |
 //! | 0x8b | `Commit` | through_seq u64, state bytes |
-//! | 0x8c | `Drives` | max_data_chunks u8, degraded_stripes u64, count u32, state u8 per drive (0 in service, 1 failed, 2 offline) |
+//! | 0x8c | `Drives` | max_data_chunks u8, degraded_stripes u64, count u32, state u8 per drive (0 in service, 1 failed, 2 offline, 3 full) |
 //! | 0x8d | `Rebuilt` | stripes u64 |
 //! | 0x8e | `Opened` | epoch u64 |
 //! | 0x8f | `Claimed` | epoch u64, adopt_from bytes (empty: nothing to adopt) |
@@ -428,7 +428,7 @@ pub enum WireError {
     #[error("flag byte {0:#04x} is neither 0 nor 1")]
     BadFlag(u8),
     /// A drive state byte other than 0, 1 or 2.
-    #[error("drive state byte {0:#04x} is none of 0, 1, 2")]
+    #[error("drive state byte {0:#04x} is none of 0, 1, 2, 3")]
     BadDriveState(u8),
 }
 
@@ -443,6 +443,10 @@ pub enum DriveState {
     /// damaged or foreign label): neither read nor written until
     /// `strata drive replace` opens it again.
     Offline = 2,
+    /// In service, but its last chunk write found no room: read, and left
+    /// out of new stripes until a chunk is removed from it or it is
+    /// replaced.
+    Full = 3,
 }
 
 impl Request {
@@ -799,6 +803,7 @@ impl Response {
                         0 => Ok(DriveState::InService),
                         1 => Ok(DriveState::Failed),
                         2 => Ok(DriveState::Offline),
+                        3 => Ok(DriveState::Full),
                         b => Err(WireError::BadDriveState(b)),
                     })
                     .collect::<Result<_, _>>()?;
@@ -1127,7 +1132,7 @@ mod tests {
                     DriveState::InService,
                     DriveState::Offline,
                     DriveState::Failed,
-                    DriveState::InService,
+                    DriveState::Full,
                 ],
             },
             Response::Rebuilt { stripes: 12 },
@@ -1259,8 +1264,8 @@ mod tests {
         let mut d = vec![0x8c, 4];
         d.extend_from_slice(&0u64.to_le_bytes());
         d.extend_from_slice(&1u32.to_le_bytes());
-        d.push(3);
-        assert_eq!(Response::decode(&d), Err(WireError::BadDriveState(3)));
+        d.push(4);
+        assert_eq!(Response::decode(&d), Err(WireError::BadDriveState(4)));
         let mut e = vec![0x86, 1, 0];
         e.extend_from_slice(&2u32.to_le_bytes());
         e.extend_from_slice(&[0xff, 0xfe]);

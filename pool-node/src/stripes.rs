@@ -152,13 +152,16 @@ impl StripeStore {
 
     /// Per drive, its state.
     fn states(&self) -> Vec<DriveState> {
+        let full = self.drives.full();
         self.marked_failed()
             .into_iter()
             .zip(self.drives.offline())
-            .map(|(marked, offline)| match (marked, offline) {
-                (true, _) => DriveState::Failed,
-                (false, Some(_)) => DriveState::Offline,
-                (false, None) => DriveState::InService,
+            .zip(full)
+            .map(|((marked, offline), full)| match (marked, offline, full) {
+                (true, _, _) => DriveState::Failed,
+                (false, Some(_), _) => DriveState::Offline,
+                (false, None, true) => DriveState::Full,
+                (false, None, false) => DriveState::InService,
             })
             .collect()
     }
@@ -167,16 +170,19 @@ impl StripeStore {
         self.writes.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The drives in service.
-    fn in_service(&self) -> Vec<usize> {
+    /// The drives that take new chunks: in service, and not full.
+    fn writable(&self) -> Vec<usize> {
         let failed = self.failed();
-        (0..self.drives.len()).filter(|&d| !failed[d]).collect()
+        let full = self.drives.full();
+        (0..self.drives.len())
+            .filter(|&d| !failed[d] && !full[d])
+            .collect()
     }
 
-    /// The most data chunks a stripe may have on the drives in service
-    /// (0 when fewer than 3 are).
+    /// The most data chunks a new stripe may have on the drives that take
+    /// new chunks (0 when fewer than 3 do).
     pub fn max_data_chunks(&self) -> usize {
-        self.in_service()
+        self.writable()
             .len()
             .saturating_sub(PARITY_CHUNKS)
             .min(MAX_DATA_CHUNKS)
@@ -314,15 +320,15 @@ impl StripeStore {
         Ok(id)
     }
 
-    /// The drives of stripe `id`'s k + 2 chunks: consecutive drives in
-    /// service from a starting one that rotates with the id. An error if
-    /// fewer than k + 2 are in service (one went offline since k was
-    /// chosen).
+    /// The drives of stripe `id`'s k + 2 chunks: consecutive drives that
+    /// take new chunks, from a starting one that rotates with the id. An
+    /// error if fewer than k + 2 do (one went offline or filled up since k
+    /// was chosen).
     fn layout(&self, id: u64, k: usize) -> Result<Vec<usize>, StripeError> {
-        let drives = self.in_service();
+        let drives = self.writable();
         if drives.len() < k + PARITY_CHUNKS {
             return Err(StripeError::Bad(format!(
-                "{} drives in service, too few for {k} + {PARITY_CHUNKS} chunks",
+                "{} drives in service with room, too few for {k} + {PARITY_CHUNKS} chunks",
                 drives.len()
             )));
         }
@@ -1099,6 +1105,49 @@ mod tests {
         );
         put(&store, &frames(50)[40..], 4);
         check_all(&store, &frames(50));
+    }
+
+    #[test]
+    fn a_full_drive_stays_in_service_and_new_stripes_go_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("pool");
+        let paths = device_paths(dir.path());
+        // Drive 5 is the smallest disk a pool takes: it fills first.
+        std::fs::File::create(&paths[5])
+            .and_then(|f| f.set_len(crate::drives::MIN_DEVICE_CAPACITY))
+            .unwrap();
+        let store = StripeStore::open(&data, paths).unwrap();
+        let all = frames(200);
+        let parts: Vec<_> = all.chunks(10).collect();
+        // Stripes of 4 + 2 chunks use every drive, until one finds drive 5
+        // full: that stripe fails, and the drive reports full.
+        let mut stored = 0;
+        while try_put(&store, parts[stored], 4).is_ok() {
+            stored += 1;
+            assert!(stored < parts.len(), "drive 5 never filled");
+        }
+        assert!(stored > 0, "drive 5 took no chunk at all");
+        let report = store.drive_report().unwrap();
+        assert_eq!(report.drives[5], DriveState::Full);
+        assert_eq!(report.drives[..5], [DriveState::InService; 5]);
+        assert_eq!(report.max_data_chunks, 3);
+        // The next stripes, one data chunk narrower, go around it.
+        for part in &parts[stored..] {
+            put(&store, part, 3);
+        }
+        for (id, record) in store.catalog.stripes().unwrap() {
+            assert_eq!(
+                record.drives.contains(&5),
+                record.k == 4,
+                "stripe {id}: {record:?}"
+            );
+        }
+        check_all(&store, &all);
+        // Its chunks are still read: with two other drives failed, the
+        // first stripes need them.
+        store.set_drive(0, true).unwrap();
+        store.set_drive(1, true).unwrap();
+        check_all(&store, &all);
     }
 
     #[test]

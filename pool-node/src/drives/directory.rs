@@ -76,10 +76,23 @@ impl DirectoryDrive {
             .map_err(self.io_error("creating a chunk directory"))?;
         }
         let tmp = path.with_extension(format!("{}.tmp", chunk.index));
-        let mut file = fs::File::create(&tmp).map_err(self.io_error("creating a chunk"))?;
-        file.write_all(image)
-            .and_then(|()| file.sync_data())
-            .map_err(self.io_error("writing a chunk"))?;
+        let written = fs::File::create(&tmp).and_then(|mut file| {
+            file.write_all(image)?;
+            file.sync_data()
+        });
+        if let Err(e) = written {
+            // A partial file is no chunk; a full file system is no failed
+            // disk (the pool lays new stripes out around it).
+            let _ = fs::remove_file(&tmp);
+            if e.kind() == io::ErrorKind::StorageFull {
+                return Err(ChunkError::Full {
+                    drive: self.number,
+                    path: self.path.clone(),
+                    len: image.len() as u64,
+                });
+            }
+            return Err(self.io_error("writing a chunk")(e));
+        }
         fs::rename(&tmp, &path).map_err(self.io_error("naming a chunk"))?;
         fs::File::open(dir)
             .and_then(|d| d.sync_all())

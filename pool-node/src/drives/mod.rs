@@ -13,7 +13,10 @@
 //! A drive that cannot be opened as what it was (gone, not mounted, its
 //! label damaged or another pool's, an I/O error) is **offline**: the pool
 //! runs without it, reading its chunks from the others, and `strata drive
-//! replace` tries it again.
+//! replace` tries it again. A drive whose last chunk write found no room
+//! (a device without a long enough free extent, a directory on a full
+//! file system) is **full**: read as usual, but left out of new stripes
+//! until a chunk is removed from it or it is opened again.
 //!
 //! Either way a chunk is stored as a 32-byte header (magic, stripe u64,
 //! index u8, zero u8, generation u16, length u32, xxh3 of the payload u64)
@@ -38,7 +41,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use strata_common::erasure::chunk_checksum;
 
-pub use label::{decode_label, encode_label, DriveKind, DriveLabel};
+pub use label::{decode_label, encode_label, DriveKind, DriveLabel, MIN_DEVICE_CAPACITY};
 
 use device::DeviceDrive;
 use directory::DirectoryDrive;
@@ -171,6 +174,9 @@ pub struct Drives {
     /// Per drive, why it is offline (`None`: it is not); kept apart from
     /// the drives' locks, which I/O holds, so asking never waits for I/O.
     offline: Mutex<Vec<Option<String>>>,
+    /// Per drive, whether its last chunk write found no room (until a
+    /// chunk is removed from it or it is opened again).
+    full: Mutex<Vec<bool>>,
 }
 
 impl Drives {
@@ -202,6 +208,7 @@ impl Drives {
         let offline = opened.iter().map(Drive::offline_reason).collect();
         Drives {
             pool,
+            full: Mutex::new(vec![false; opened.len()]),
             paths,
             drives: opened.into_iter().map(RwLock::new).collect(),
             offline: Mutex::new(offline),
@@ -215,6 +222,17 @@ impl Drives {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = opened;
         self.offline.lock().unwrap_or_else(|p| p.into_inner())[drive] = why;
+        self.set_full(drive, false);
+    }
+
+    fn set_full(&self, drive: usize, full: bool) {
+        self.full.lock().unwrap_or_else(|p| p.into_inner())[drive] = full;
+    }
+
+    /// Per drive, whether it has no room for new chunks: its last chunk
+    /// write found none, and no chunk was removed from it since.
+    pub fn full(&self) -> Vec<bool> {
+        self.full.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The six directory drives of a data directory with no drive list.
@@ -336,9 +354,16 @@ impl Drives {
             }),
             None => Err(ChunkError::Missing { drive, chunk }),
         };
-        if let Err(e @ ChunkError::Io { .. }) = &written {
-            tracing::error!(drive, error = %e, "a chunk write failed: drive taken offline");
-            self.install(drive, Drive::Offline(format!("a chunk write failed: {e}")));
+        match &written {
+            Err(e @ ChunkError::Io { .. }) => {
+                tracing::error!(drive, error = %e, "a chunk write failed: drive taken offline");
+                self.install(drive, Drive::Offline(format!("a chunk write failed: {e}")));
+            }
+            Err(e @ ChunkError::Full { .. }) => {
+                tracing::warn!(drive, error = %e, "drive full: new stripes go around it");
+                self.set_full(drive, true);
+            }
+            _ => {}
         }
         written
     }
@@ -387,8 +412,10 @@ impl Drives {
         match self.drive(slot.drive).as_deref() {
             Some(Drive::Directory(dir)) => dir.remove(slot.chunk),
             Some(Drive::Device(device)) => device.release(slot.place, slot.len),
-            Some(Drive::Offline(_)) | None => {}
+            Some(Drive::Offline(_)) | None => return,
         }
+        // Room again, perhaps: the next write finds out.
+        self.set_full(slot.drive, false);
     }
 }
 

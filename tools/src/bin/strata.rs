@@ -148,6 +148,7 @@ fn drive(cluster: &ClusterDir, pool: SocketAddr, command: &DriveCommand) -> anyh
                     DriveState::InService => "in service",
                     DriveState::Failed => "failed",
                     DriveState::Offline => "offline (see the pool's log; 'replace' tries it again)",
+                    DriveState::Full => "full (read; new stripes go around it until room is freed)",
                 };
                 println!("{drive:>5}  {state}");
             }
