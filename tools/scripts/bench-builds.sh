@@ -7,7 +7,9 @@
 #
 #   DIR     where the flash files go, and where bench.img is (created, 2 GiB
 #           of random data, if missing). A RAM-backed DIR such as /dev/shm
-#           takes the disk out of the figures and leaves the CPU cost.
+#           takes the disk out of the figures, but on tmpfs io_uring hands
+#           every read to kernel worker threads, which share the cores
+#           (docs/BENCHMARKS.md, eighth session).
 #   NAME=BINARY  a strata-host build and the name of its row, e.g.
 #           before=/var/tmp/strata-host.before after=target/release/strata-host
 #   flags   e.g. --rw randread --bs 4k --iodepth 32 --runtime 3 --rounds 6
