@@ -8,7 +8,8 @@
 //!    fingerprint [`Fingerprint::ZERO`] and is never encoded:
 //!    [`FrameCodec::encode`] returns [`Encoded::Zero`] and writes nothing.
 //! 2. **Compression**: snappy raw format (`snap::raw`, no framing). If the
-//!    result is not shorter than 4096 bytes the block is stored as is and the
+//!    result does not save at least an eighth of the block (is longer than
+//!    [`MAX_COMPRESSED_BODY`], 3584 bytes) the block is stored as is and the
 //!    `COMPRESSED` flag is clear. The bytes that go into the cipher are called
 //!    the *body*: the snappy stream, or the 4096 plaintext bytes.
 //! 3. **Encryption**: AES-256-GCM-SIV under the data key. The 12-byte nonce
@@ -39,7 +40,8 @@
 //! | 48 + P |    8 | xxh3-64, seed 0, of bytes `[0, 48 + P)`, u64                     |
 //!
 //! A frame is `56 + P` bytes. `P` is `16 + 4096` when stored uncompressed,
-//! and between `16 + 1` and `16 + 4095` when compressed, so a frame is at
+//! and between `16 + 1` and `16 + 4095` when compressed (the encoder writes
+//! at most `16 + `[`MAX_COMPRESSED_BODY`]), so a frame is at
 //! most [`MAX_FRAME_LEN`] (4168) bytes. Bytes 0..48 are the header and the
 //! associated data of the cipher; the nonce is fingerprint bytes 0..12.
 //!
@@ -81,6 +83,14 @@ pub const FRAME_OVERHEAD: usize = HEADER_LEN + TAG_LEN + CHECKSUM_LEN;
 pub const MAX_FRAME_LEN: usize = FRAME_OVERHEAD + BLOCK_SIZE;
 /// Length of the shortest valid frame (a one-byte body).
 pub const MIN_FRAME_LEN: usize = FRAME_OVERHEAD + 1;
+/// The longest snappy stream [`FrameCodec::encode`] stores: compression
+/// must save at least an eighth of the block, or the block is stored as is
+/// (ZFS keeps the same rule). A frame that saves less is still over a page
+/// long, so a read of it costs two pages where an uncompressed frame,
+/// stored split, costs one (`ondisk::segment`), for a few dozen bytes of
+/// flash. Decoding takes any shorter stream, as frames written before the
+/// rule have.
+pub const MAX_COMPRESSED_BODY: usize = BLOCK_SIZE - BLOCK_SIZE / 8;
 
 /// The two secret keys a codec needs. `Debug` prints neither.
 #[derive(Clone)]
@@ -279,6 +289,48 @@ impl FrameHeader {
     }
 }
 
+/// The bytes of an uncompressed frame that its fingerprint does not give:
+/// the GCM-SIV tag and the checksum, in that order.
+pub const SPLIT_TAIL_LEN: usize = TAG_LEN + CHECKSUM_LEN;
+
+/// The tag and checksum of an uncompressed frame stored split.
+pub type SplitTail = [u8; SPLIT_TAIL_LEN];
+
+/// An uncompressed frame taken apart for storing split: its 4096
+/// ciphertext bytes (the body) and its tail. The header is left out: it
+/// follows from the fingerprint ([`split_header`]). `None` for a compressed
+/// frame or bytes that are not a frame; checks the header only (joining
+/// gives back these very bytes, which decoding then checks in full).
+pub fn split_uncompressed(frame: &[u8]) -> Option<(&[u8], SplitTail)> {
+    let header = FrameHeader::parse(frame).ok()?;
+    if header.compressed || frame.len() != MAX_FRAME_LEN {
+        return None;
+    }
+    let (body, tail) = frame[HEADER_LEN..].split_at(BLOCK_SIZE);
+    Some((body, tail.try_into().ok()?))
+}
+
+/// The header of the uncompressed frame of `fingerprint`: the same 48
+/// bytes [`FrameCodec::encode`] writes for it.
+pub fn split_header(fingerprint: &Fingerprint) -> [u8; HEADER_LEN] {
+    FrameHeader {
+        compressed: false,
+        fingerprint: *fingerprint,
+        payload_len: BLOCK_SIZE + TAG_LEN,
+    }
+    .to_bytes()
+}
+
+/// The frame [`split_uncompressed`] took apart, from its fingerprint, body
+/// and tail. A body of the wrong length gives bytes that fail to decode.
+pub fn join_split(fingerprint: &Fingerprint, body: &[u8], tail: &SplitTail) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(MAX_FRAME_LEN);
+    frame.extend_from_slice(&split_header(fingerprint));
+    frame.extend_from_slice(body);
+    frame.extend_from_slice(tail);
+    frame
+}
+
 /// Checks a frame without keys: header sanity, exact length and the xxh3
 /// checksum. `frame` must be exactly one frame. Returns its header. This
 /// catches damage, not forgery; only [`FrameCodec::decode`] authenticates.
@@ -403,7 +455,7 @@ impl FrameCodec {
         let body_at = start + HEADER_LEN;
         out.resize(body_at + snap::raw::max_compress_len(BLOCK_SIZE), 0);
         let n = compress(block, &mut out[body_at..]).map_err(FrameError::Compress)?;
-        let compressed = n < BLOCK_SIZE;
+        let compressed = n <= MAX_COMPRESSED_BODY;
         if compressed {
             out.truncate(body_at + n);
         } else {

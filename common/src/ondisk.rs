@@ -43,7 +43,7 @@ pub use segment::{
     decode_summary, encode_summary, EntryKind, SegmentHeader, SummaryEntry, MAX_ENTRY_LEN,
     SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SUMMARY_ENTRY_LEN,
 };
-pub use superblock::{Superblock, SUPERBLOCK_MAGIC};
+pub use superblock::{Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_VERSION};
 
 /// The alignment unit of everything on flash: every area, slot, record and
 /// write starts on a multiple of it and is a multiple of it long.
@@ -104,12 +104,14 @@ pub enum OndiskError {
         found: [u8; 4],
     },
     /// A format version this code does not read.
-    #[error("unsupported {what} version {found} (this code reads {ONDISK_VERSION})")]
+    #[error("unsupported {what} version {found} (this code reads 1 to {newest})")]
     UnsupportedVersion {
         /// The structure.
         what: &'static str,
         /// The version byte found.
         found: u8,
+        /// The newest version of the structure this code reads.
+        newest: u8,
     },
     /// A reserved or padding byte that must be zero is not.
     #[error("{what} byte at offset {at} is {found:#04x}, must be zero")]
@@ -371,8 +373,13 @@ pub(crate) fn check_zero(what: &'static str, at: usize, bytes: &[u8]) -> Result<
     }
 }
 
-/// Checks the magic and version at the start of a structure.
-pub(crate) fn check_magic_version(r: &mut Reader<'_>, magic: [u8; 4]) -> Result<(), OndiskError> {
+/// Checks the magic and version at the start of a structure whose
+/// versions run from 1 to `newest`; returns the version.
+pub(crate) fn check_magic_version(
+    r: &mut Reader<'_>,
+    magic: [u8; 4],
+    newest: u8,
+) -> Result<u8, OndiskError> {
     let found: [u8; 4] = r.array()?;
     if found != magic {
         return Err(OndiskError::BadMagic {
@@ -381,13 +388,14 @@ pub(crate) fn check_magic_version(r: &mut Reader<'_>, magic: [u8; 4]) -> Result<
         });
     }
     let version = r.u8()?;
-    if version != ONDISK_VERSION {
+    if !(1..=newest).contains(&version) {
         return Err(OndiskError::UnsupportedVersion {
             what: r.what,
             found: version,
+            newest,
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// The xxh3 stored in the last [`CHECKSUM_LEN`] bytes of `bytes`, checked

@@ -1458,6 +1458,57 @@ fn data_survives_repeated_kill_9_and_restart() {
     }
 }
 
+#[test]
+fn a_store_of_the_format_before_split_frames_is_read_and_upgraded() {
+    if skip_unless_strata(&current_test()) || daemon_kind() != Kind::Strata {
+        return;
+    }
+    // A store an older strata-host wrote has a version 1 superblock; this
+    // one reads it and marks it version 2 before writing split frames,
+    // which the older one would take for free space.
+    let size = 8 * MIB;
+    let mut daemon = Daemon::start(VdiskOptions::new(size).writethrough());
+    let mut model = vec![0u8; size as usize];
+    let mut rng = TestRng::new(0x5b1);
+    {
+        let mut client = Client::open(&daemon, 1);
+        write_scattered(client.q(), &mut rng, &mut model, 24);
+    }
+    let page0 = |flash: &Path| {
+        let mut page = vec![0u8; 4096];
+        let file = fs::File::open(flash).expect("opening the flash");
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut page, 0).expect("reading page 0");
+        page
+    };
+    let pooled = support::pool::pool_mode();
+    daemon.kill_edit_and_restart(|flash| {
+        let mut page = page0(flash);
+        assert_eq!(page[4], 2, "a new store is version 2");
+        page[4] = 1;
+        let sum = xxhash_rust::xxh3::xxh3_64(&page[..4088]);
+        page[4088..].copy_from_slice(&sum.to_le_bytes());
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(flash)
+            .expect("opening the flash");
+        std::os::unix::fs::FileExt::write_all_at(&file, &page, 0).expect("writing page 0");
+        file.sync_all().expect("sync");
+    });
+    check_after_crash(&daemon, &model, &[]);
+    assert_eq!(
+        page0(&daemon.flash_path())[4],
+        2,
+        "the store was not upgraded"
+    );
+    if !pooled {
+        assert!(
+            daemon.log().contains("flash store format upgraded"),
+            "the upgrade was not logged:\n{}",
+            daemon.log()
+        );
+    }
+}
+
 /// Returns true (and says so) unless strata-host runs on a pool
 /// (`STRATA_TEST_POOL=1`).
 fn skip_unless_pool(test: &str) -> bool {

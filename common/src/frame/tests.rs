@@ -653,3 +653,88 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_uncompressed_frame_splits_and_joins_to_the_same_bytes() {
+    let c = codec();
+    let block = random_block(41);
+    let (frame, fp) = encode(&c, &block);
+    let (body, tail) = split_uncompressed(&frame).expect("an uncompressed frame splits");
+    assert_eq!(body.len(), BLOCK_SIZE);
+    assert_eq!(&frame[..HEADER_LEN], &split_header(&fp));
+    assert_eq!(&tail[..], &frame[HEADER_LEN + BLOCK_SIZE..]);
+    let joined = join_split(&fp, body, &tail);
+    assert_eq!(joined, frame);
+    assert_eq!(decode(&c, &joined, &fp).expect("decodes"), block);
+}
+
+#[test]
+fn only_uncompressed_frames_split_and_a_damaged_part_fails_to_decode() {
+    let c = codec();
+    let (text, _) = encode(&c, &text_block(5));
+    assert!(
+        split_uncompressed(&text).is_none(),
+        "compressed frames stay whole"
+    );
+    assert!(split_uncompressed(&[0u8; MAX_FRAME_LEN]).is_none());
+    let block = random_block(42);
+    let (frame, fp) = encode(&c, &block);
+    assert!(split_uncompressed(&frame[..MAX_FRAME_LEN - 1]).is_none());
+    let (body, tail) = split_uncompressed(&frame).expect("splits");
+    let mut bad_body = body.to_vec();
+    bad_body[100] ^= 1;
+    assert!(decode(&c, &join_split(&fp, &bad_body, &tail), &fp).is_err());
+    for at in [0, TAG_LEN, SPLIT_TAIL_LEN - 1] {
+        let mut bad_tail = tail;
+        bad_tail[at] ^= 0x80;
+        assert!(decode(&c, &join_split(&fp, body, &bad_tail), &fp).is_err());
+    }
+    // Joined under another fingerprint: the header (the cipher's
+    // associated data) no longer matches.
+    let other = c.fingerprint(&random_block(43));
+    assert!(decode(&c, &join_split(&other, body, &tail), &other).is_err());
+    // A short body gives a frame of the wrong length.
+    assert!(decode(&c, &join_split(&fp, &body[1..], &tail), &fp).is_err());
+}
+
+#[test]
+fn compression_is_kept_only_when_it_saves_an_eighth() {
+    let c = codec();
+    // A run of zeros at the start of random bytes: snappy saves about
+    // the run's length.
+    let with_zero_run = |run: usize| {
+        let mut block = random_block(77);
+        block[..run].fill(0);
+        block
+    };
+    for (run, compressed) in [(64, false), (400, false), (700, true), (2000, true)] {
+        let block = with_zero_run(run);
+        let (frame, fp) = encode(&c, &block);
+        let header = FrameHeader::parse(&frame).unwrap();
+        assert_eq!(header.compressed, compressed, "a run of {run} zero bytes");
+        if compressed {
+            assert!(header.payload_len - TAG_LEN <= MAX_COMPRESSED_BODY);
+        } else {
+            assert_eq!(frame.len(), MAX_FRAME_LEN);
+        }
+        assert_eq!(decode(&c, &frame, &fp).unwrap(), block);
+    }
+}
+
+#[test]
+fn frames_compressed_under_the_old_rule_still_decode() {
+    // Before the rule, a stream of up to 4095 bytes was stored: such
+    // frames are on flash, in NVLOGs and in stripes, and must read back.
+    let c = codec();
+    let mut block = random_block(78);
+    block[..64].fill(0);
+    let mut body = vec![0u8; snap::raw::max_compress_len(BLOCK_SIZE)];
+    let n = snap::raw::Encoder::new()
+        .compress(&block, &mut body)
+        .unwrap();
+    assert!(n > MAX_COMPRESSED_BODY && n < BLOCK_SIZE, "{n} bytes");
+    body.truncate(n);
+    let fp = c.fingerprint(&block);
+    let frame = seal(&fp, true, &body);
+    assert_eq!(decode(&c, &frame, &fp).unwrap(), block);
+}

@@ -213,7 +213,7 @@ fn parse_header(bytes: &[u8]) -> Result<RawHeader, OndiskError> {
             have: bytes.len(),
         })?;
     let mut r = Reader::new(&raw, RECORD);
-    super::check_magic_version(&mut r, RECORD_MAGIC)?;
+    super::check_magic_version(&mut r, RECORD_MAGIC, ONDISK_VERSION)?;
     let kind_byte = r.u8()?;
     let kind = RecordKind::from_u8(kind_byte)
         .ok_or(OndiskError::UnknownRecordKind { found: kind_byte })?;

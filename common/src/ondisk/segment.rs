@@ -40,13 +40,21 @@
 //! | offset | size | field                                                         |
 //! |-------:|-----:|---------------------------------------------------------------|
 //! |      0 |   32 | fingerprint of the frame, or id of the map node (never zero)  |
-//! |     32 |    1 | kind: `1` frame, `2` map node                                  |
+//! |     32 |    1 | kind: `1` frame, `2` map node, `3` frame body, `4` frame tail  |
 //! |     33 |    4 | offset from the start of the slot, u32, `>= PAGE`              |
 //! |     37 |    4 | length, u32, `1..=`[`MAX_ENTRY_LEN`]                           |
 //!
+//! An uncompressed frame is stored split, so that reading its block is one
+//! aligned page: a *body* entry (kind 3) holds its 4096 ciphertext bytes
+//! at a page-aligned offset, and a *tail* entry (kind 4) of the same
+//! fingerprint its tag and checksum (24 bytes). Its header is not stored:
+//! it follows from the fingerprint ([`crate::frame::join_split`]).
+//!
 //! [`decode_summary`] checks the length (`41 E`) and the header's summary
-//! xxh3 first, then every entry: kind, fingerprint not zero, and that
-//! `[offset, offset + length)` lies within the frames area.
+//! xxh3 first, then every entry: kind, fingerprint not zero, that
+//! `[offset, offset + length)` lies within the frames area, that a body is
+//! 4096 bytes on a page boundary and that a tail is 24 bytes. Whether every
+//! body has its tail is for the reader to check.
 //! Entries need not be sorted and are not checked for overlap: the frames
 //! and nodes they point to carry their own checksums.
 
@@ -56,7 +64,8 @@ use super::{
     check_checksum, check_store, check_trailing_checksum, OndiskError, Reader, ONDISK_VERSION,
     PAGE, STORE_ID_LEN,
 };
-use crate::fingerprint::{Fingerprint, FINGERPRINT_LEN};
+use crate::fingerprint::{Fingerprint, BLOCK_SIZE, FINGERPRINT_LEN};
+use crate::frame::SPLIT_TAIL_LEN;
 
 /// Magic bytes at the start of every segment header.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"STSG";
@@ -92,6 +101,14 @@ pub enum EntryKind {
     Frame = 1,
     /// A map node ([`crate::map`]), named by its node id.
     MapNode = 2,
+    /// The 4096 ciphertext bytes of an uncompressed frame stored split
+    /// ([`crate::frame::split_uncompressed`]), page-aligned, named by its
+    /// block's fingerprint; its tail is a [`EntryKind::FrameTail`] entry of
+    /// the same segment and fingerprint.
+    FrameBody = 3,
+    /// The tag and checksum of a split frame
+    /// ([`crate::frame::SPLIT_TAIL_LEN`] bytes).
+    FrameTail = 4,
 }
 
 impl EntryKind {
@@ -100,6 +117,8 @@ impl EntryKind {
         match b {
             1 => Some(EntryKind::Frame),
             2 => Some(EntryKind::MapNode),
+            3 => Some(EntryKind::FrameBody),
+            4 => Some(EntryKind::FrameTail),
             _ => None,
         }
     }
@@ -165,7 +184,7 @@ impl SegmentHeader {
                 have: bytes.len(),
             })?;
         let mut r = Reader::new(h, WHAT);
-        super::check_magic_version(&mut r, SEGMENT_MAGIC)?;
+        super::check_magic_version(&mut r, SEGMENT_MAGIC, ONDISK_VERSION)?;
         r.zeros(3)?;
         check_trailing_checksum(WHAT, h)?;
         check_store(WHAT, store_id, r.array()?)?;
@@ -269,6 +288,18 @@ pub fn decode_summary(
         }
         if u64::from(offset) + u64::from(len) > frames_end {
             return Err(bad("ends past the frames area"));
+        }
+        match kind {
+            EntryKind::FrameBody if len as usize != BLOCK_SIZE => {
+                return Err(bad("a frame body is not one block long"))
+            }
+            EntryKind::FrameBody if !(offset as usize).is_multiple_of(PAGE) => {
+                return Err(bad("a frame body not on a page boundary"))
+            }
+            EntryKind::FrameTail if len as usize != SPLIT_TAIL_LEN => {
+                return Err(bad("a frame tail of the wrong length"))
+            }
+            _ => {}
         }
         entries.push(SummaryEntry {
             fingerprint,

@@ -1,14 +1,14 @@
 //! The superblock: page 0 of the flash, which says what the store is and
 //! where its journal ring and segment slots are.
 //!
-//! # Byte layout (version 1)
+//! # Byte layout (version 2)
 //!
 //! All integers little-endian. `N` is the datastore name's length.
 //!
 //! | offset | size | field                                                             |
 //! |-------:|-----:|-------------------------------------------------------------------|
 //! |      0 |    4 | magic `"STSB"` (`53 54 53 42`)                                    |
-//! |      4 |    1 | version, `1`                                                      |
+//! |      4 |    1 | version, `2` (or `1`, see below)                                  |
 //! |      5 |    3 | reserved, zero                                                    |
 //! |      8 |   16 | store id, random at format                                        |
 //! |     24 |    8 | journal offset, u64, page aligned, `>= 4096`                      |
@@ -27,6 +27,13 @@
 //! space. The device's size is not recorded: the store checks that the
 //! areas fit the device it opened.
 //!
+//! **Versions.** 2: segments may hold uncompressed frames stored split
+//! (summary entry kinds 3 and 4, `ondisk::segment`). 1: they do not; a
+//! version 1 store is read as it is and, before anything else is written to
+//! it, its superblock rewritten as version 2, so a strata-host that does
+//! not know split frames refuses the store instead of taking their
+//! segments for free slots. The layout is otherwise the same.
+//!
 //! [`Superblock::decode`] checks, in order: length; magic; version; reserved
 //! bytes; the xxh3; the name (length, UTF-8) and the zero padding after it;
 //! alignment and ranges of the geometry fields; that the areas do not
@@ -34,11 +41,14 @@
 
 use super::{
     check_name, check_trailing_checksum, check_zero, read_name, write_name, OndiskError, Reader,
-    CHECKSUM_LEN, ONDISK_VERSION, PAGE, STORE_ID_LEN,
+    CHECKSUM_LEN, PAGE, STORE_ID_LEN,
 };
 
 /// Magic bytes at the start of the superblock.
 pub const SUPERBLOCK_MAGIC: [u8; 4] = *b"STSB";
+
+/// The superblock version this code writes, and the newest it reads.
+pub const SUPERBLOCK_VERSION: u8 = 2;
 
 /// Longest datastore name a superblock holds, in bytes.
 pub const MAX_DATASTORE_LEN: usize = crate::keys::MAX_DATASTORE_NAME_LEN;
@@ -79,7 +89,7 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(PAGE);
         out.extend_from_slice(&SUPERBLOCK_MAGIC);
-        out.push(ONDISK_VERSION);
+        out.push(SUPERBLOCK_VERSION);
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.store_id);
         out.extend_from_slice(&self.journal_offset.to_le_bytes());
@@ -99,6 +109,13 @@ impl Superblock {
     /// [module docs](self)). `page` must hold at least [`PAGE`] bytes; only
     /// the first [`PAGE`] are read.
     pub fn decode(page: &[u8]) -> Result<Superblock, OndiskError> {
+        Superblock::decode_versioned(page).map(|(sb, _)| sb)
+    }
+
+    /// [`Superblock::decode`], and the version page 0 has: below
+    /// [`SUPERBLOCK_VERSION`], the store must be rewritten with
+    /// [`Superblock::encode`] before anything newer is written to it.
+    pub fn decode_versioned(page: &[u8]) -> Result<(Superblock, u8), OndiskError> {
         let page = page.get(..PAGE).ok_or(OndiskError::Truncated {
             what: WHAT,
             at: 0,
@@ -106,7 +123,7 @@ impl Superblock {
             have: page.len(),
         })?;
         let mut r = Reader::new(page, WHAT);
-        super::check_magic_version(&mut r, SUPERBLOCK_MAGIC)?;
+        let version = super::check_magic_version(&mut r, SUPERBLOCK_MAGIC, SUPERBLOCK_VERSION)?;
         r.zeros(3)?;
         check_trailing_checksum(WHAT, page)?;
         let store_id: [u8; STORE_ID_LEN] = r.array()?;
@@ -129,7 +146,7 @@ impl Superblock {
             segment_count,
         };
         sb.check_geometry()?;
-        Ok(sb)
+        Ok((sb, version))
     }
 
     /// Checks everything [`Superblock::decode`] would check of the fields:

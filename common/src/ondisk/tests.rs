@@ -7,7 +7,8 @@ use super::journal::{MAX_VDISK_NAME_LEN, TAG_ADOPT, TAG_FRAME, TAG_SET, TAG_UNMA
 use super::superblock::MAX_DATASTORE_LEN;
 use super::*;
 use crate::fingerprint::Fingerprint;
-use crate::frame::MAX_FRAME_LEN;
+use crate::fingerprint::BLOCK_SIZE;
+use crate::frame::{MAX_FRAME_LEN, SPLIT_TAIL_LEN};
 
 const STORE: [u8; 16] = [0x5a; 16];
 const OTHER: [u8; 16] = [0xa5; 16];
@@ -151,7 +152,7 @@ fn superblock_round_trip() {
     let page = sb.encode();
     assert_eq!(page.len(), PAGE);
     assert_eq!(&page[..4], b"STSB");
-    assert_eq!(page[4], 1);
+    assert_eq!(page[4], 2);
     assert_eq!(&page[8..24], &STORE);
     assert_eq!(page[56], 4);
     assert_eq!(&page[57..61], b"tank");
@@ -244,15 +245,27 @@ fn superblock_magic_version_reserved_padding() {
         Superblock::decode(&page),
         Err(OndiskError::BadMagic { what: "superblock", found }) if found == *b"XTSB"
     ));
+    assert_eq!(good[4], SUPERBLOCK_VERSION);
+    for version in [0, SUPERBLOCK_VERSION + 1, 0xff] {
+        let mut page = good.clone();
+        page[4] = version;
+        reseal_superblock(&mut page);
+        assert_eq!(
+            Superblock::decode(&page).unwrap_err(),
+            OndiskError::UnsupportedVersion {
+                what: "superblock",
+                found: version,
+                newest: SUPERBLOCK_VERSION,
+            }
+        );
+    }
+    // A store from before split frames reads as it is, and says so.
     let mut page = good.clone();
-    page[4] = 2;
+    page[4] = 1;
     reseal_superblock(&mut page);
     assert_eq!(
-        Superblock::decode(&page).unwrap_err(),
-        OndiskError::UnsupportedVersion {
-            what: "superblock",
-            found: 2
-        }
+        Superblock::decode_versioned(&page).unwrap(),
+        (superblock(), 1)
     );
     for at in [5, 6, 7, 61, 1000, PAGE - 9] {
         let mut page = good.clone();
@@ -567,7 +580,8 @@ fn segment_header_wrong_store_magic_version() {
         SegmentHeader::decode(&b, &STORE, SEG_SIZE).unwrap_err(),
         OndiskError::UnsupportedVersion {
             what: "segment header",
-            found: 0
+            found: 0,
+            newest: ONDISK_VERSION,
         }
     );
     let mut b = h.encode(&STORE);
@@ -699,7 +713,7 @@ fn summary_entries_checked() {
         decode_one(&good, Some(2), 100).unwrap()[0].kind,
         EntryKind::MapNode
     );
-    for k in [0, 3, 0xff] {
+    for k in [0, 5, 0xff] {
         assert_eq!(
             decode_one(&good, Some(k), 100).unwrap_err(),
             OndiskError::UnknownEntryKind { index: 0, found: k }
@@ -937,7 +951,8 @@ fn record_wrong_store_magic_version_kind() {
         a,
         OndiskError::UnsupportedVersion {
             what: "record",
-            found: 2
+            found: 2,
+            newest: ONDISK_VERSION,
         }
     );
     for k in [0, 3, 0xff] {
@@ -1769,5 +1784,46 @@ proptest! {
         let d = SegmentHeader::decode(&h.encode(&STORE), &STORE, size).unwrap();
         prop_assert_eq!(d, h);
         prop_assert_eq!(decode_summary(&summary, &d).unwrap(), entries);
+    }
+}
+
+#[test]
+fn split_frame_entries_checked() {
+    let area = 3 * PAGE as u32;
+    let body = SummaryEntry {
+        fingerprint: fp(9),
+        kind: EntryKind::FrameBody,
+        offset: 2 * PAGE as u32,
+        len: BLOCK_SIZE as u32,
+    };
+    let tail = SummaryEntry {
+        kind: EntryKind::FrameTail,
+        offset: PAGE as u32 + 7,
+        len: SPLIT_TAIL_LEN as u32,
+        ..body
+    };
+    assert_eq!(decode_one(&body, None, area).unwrap(), vec![body]);
+    assert_eq!(decode_one(&tail, None, area).unwrap(), vec![tail]);
+    let reason = |e: SummaryEntry| match decode_one(&e, None, area) {
+        Err(OndiskError::BadEntry { reason, .. }) => reason,
+        other => panic!("{e:?}: {other:?}"),
+    };
+    for len in [BLOCK_SIZE as u32 - 1, BLOCK_SIZE as u32 + 1, 100] {
+        assert_eq!(
+            reason(SummaryEntry { len, ..body }),
+            "a frame body is not one block long"
+        );
+    }
+    for offset in [PAGE as u32 + 512, 2 * PAGE as u32 - 1] {
+        assert_eq!(
+            reason(SummaryEntry { offset, ..body }),
+            "a frame body not on a page boundary"
+        );
+    }
+    for len in [1, SPLIT_TAIL_LEN as u32 - 1, SPLIT_TAIL_LEN as u32 + 1] {
+        assert_eq!(
+            reason(SummaryEntry { len, ..tail }),
+            "a frame tail of the wrong length"
+        );
     }
 }

@@ -19,6 +19,7 @@ mod verifier;
 
 use io_uring::{opcode, types, IoUring};
 use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
+use strata_common::frame::{split_header, HEADER_LEN, SPLIT_TAIL_LEN};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::buffers::{total_len, AlignedBuf};
@@ -168,10 +169,11 @@ struct FlashRead {
     lba: u64,
     fingerprint: Fingerprint,
     location: Location,
-    /// Aligned buffer the kernel reads into; `len` bytes of it are asked for.
+    /// Aligned buffer the kernel reads into: `len` bytes at `into`.
     buf: AlignedBuf,
+    into: usize,
     len: usize,
-    /// Where the frame starts in `buf`.
+    /// Where the stored bytes start in what is read.
     skip: usize,
     /// The guest byte ranges that receive `range` of the block, in order.
     pieces: Vec<IoBuf>,
@@ -281,7 +283,7 @@ impl BlockReader {
                 Located::Ram(frame) => (frame, None),
                 Located::Flash(location) => (
                     self.core
-                        .read_flash(&location)
+                        .read_flash(&fp, &location)
                         .map_err(|e| self.io_error("flash read failed", e))?,
                     Some(location),
                 ),
@@ -319,19 +321,25 @@ impl BlockReader {
     /// block to the guest; on failure records why in `read.error`.
     fn verify(&self, read: &mut FlashRead) {
         let mut block = [0u8; BLOCK_SIZE];
-        let frame_end = read.skip + read.location.len as usize;
+        let needed = read.skip + read.location.len as usize;
         let outcome = if read.result < 0 {
             Err(self.io_error(
                 "flash read failed",
                 io::Error::from_raw_os_error(-read.result),
             ))
-        } else if (read.result as usize) < frame_end {
+        } else if (read.result as usize) < needed {
             Err(self.io_error(
                 "flash read came back short",
                 format!("{} bytes", read.result),
             ))
         } else {
-            let frame = &read.buf.as_slice()[read.skip..frame_end];
+            // A split frame's header and tail were put around its body
+            // when the read was issued.
+            let start = match read.location.tail {
+                Some(_) => read.into - HEADER_LEN,
+                None => read.into + read.skip,
+            };
+            let frame = &read.buf.as_slice()[start..start + read.location.entry_len()];
             match self
                 .core
                 .codec
@@ -478,21 +486,30 @@ impl StrataQueue {
         read.lba = lba;
         read.fingerprint = fingerprint;
         read.location = location;
+        // A split frame's body goes one page in, leaving room for its
+        // header before it and its tail after it.
+        read.into = if location.tail.is_some() { PAGE } else { 0 };
         read.len = len;
         read.skip = skip;
         read.error = None;
         read.pieces.clear();
         let state = &self.ops[op as usize];
         read.range = block_pieces(&state.bufs, state.offset, lba, &mut read.pieces);
-        if read.buf.as_slice().len() < len {
-            read.buf = AlignedBuf::new(len.max(READ_BUF_LEN), PAGE);
+        let into = read.into;
+        if read.buf.as_slice().len() < into + len + SPLIT_TAIL_LEN {
+            read.buf = AlignedBuf::new((into + len + SPLIT_TAIL_LEN).max(READ_BUF_LEN), PAGE);
+        }
+        if let Some(tail) = location.tail {
+            let buf = read.buf.as_mut_slice();
+            buf[into - HEADER_LEN..into].copy_from_slice(&split_header(&fingerprint));
+            buf[into + len..into + len + SPLIT_TAIL_LEN].copy_from_slice(&tail);
         }
         let Some(ring) = self.ring.as_mut() else {
             read.result = match self
                 .reader
                 .core
                 .device
-                .read_exact_at(&mut read.buf.as_mut_slice()[..len], offset)
+                .read_exact_at(&mut read.buf.as_mut_slice()[into..into + len], offset)
             {
                 Ok(()) => len as i32,
                 Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
@@ -508,7 +525,7 @@ impl StrataQueue {
         });
         let entry = opcode::Read::new(
             types::Fd(self.flash_fd),
-            read.buf.as_mut_slice().as_mut_ptr(),
+            read.buf.as_mut_slice()[into..].as_mut_ptr(),
             len as u32,
         )
         .offset(offset)

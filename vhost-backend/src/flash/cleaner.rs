@@ -259,25 +259,33 @@ fn evacuate(
     let mut state = core.lock();
     let in_pool = evictable(shared, &state, slot, in_pool_through);
     for entry in entries {
-        let here = state
+        // Only the copy the index points at (never a split frame's tail,
+        // which comes with its body).
+        let Some(location) = state
             .index
             .get(&entry.fingerprint)
-            .is_some_and(|l| l.slot == slot && l.offset == entry.offset);
-        if !here {
+            .filter(|l| l.slot == slot && l.offset == entry.offset)
+            .copied()
+        else {
             continue;
-        }
+        };
+        let kind = match entry.kind {
+            EntryKind::FrameBody => EntryKind::Frame,
+            kind => kind,
+        };
         let keep = live.contains(&entry.fingerprint)
             || state
                 .touched
                 .as_ref()
                 .is_some_and(|t| t.contains(&entry.fingerprint));
-        if keep && in_pool && entry.kind == EntryKind::Frame {
+        if keep && in_pool && kind == EntryKind::Frame {
             state.index.remove(&entry.fingerprint);
             done.evicted += 1;
         } else if keep {
             let start = entry.offset as usize;
-            let bytes = &image.as_slice()[start..start + entry.len as usize];
-            core.append(&mut state, entry.fingerprint, entry.kind, bytes)?;
+            let stored = &image.as_slice()[start..start + entry.len as usize];
+            let bytes = location.entry_from(&entry.fingerprint, stored);
+            core.append(&mut state, entry.fingerprint, kind, &bytes)?;
             done.bytes += u64::from(entry.len);
         } else {
             state.index.remove(&entry.fingerprint);

@@ -182,7 +182,7 @@ impl Core {
         if let Some(reason) = &state.failed {
             return Err(StoreError::Failed(reason.clone()));
         }
-        if state.open.as_ref().is_some_and(|o| !o.fits(bytes.len())) {
+        if state.open.as_ref().is_some_and(|o| !o.fits(kind, bytes)) {
             self.seal_open(state);
         }
         if state.open.is_none() {
@@ -208,7 +208,7 @@ impl Core {
             .open
             .as_mut()
             .ok_or(StoreError::Internal("no open segment after opening one"))?;
-        if !open.fits(bytes.len()) {
+        if !open.fits(kind, bytes) {
             return Err(StoreError::Internal("an entry larger than a segment"));
         }
         let location = open.append(fingerprint, kind, bytes);
@@ -238,11 +238,15 @@ impl Core {
         let state = self.lock();
         let location = *state.index.get(fingerprint)?;
         Some(match &state.slots[location.slot as usize].state {
-            SlotState::Open => match state.open.as_ref().and_then(|o| o.bytes(&location)) {
-                Some(bytes) => Located::Ram(bytes.to_vec()),
+            SlotState::Open => match state
+                .open
+                .as_ref()
+                .and_then(|o| o.entry(fingerprint, &location))
+            {
+                Some(bytes) => Located::Ram(bytes),
                 None => Located::Flash(location),
             },
-            SlotState::Unwritten(sealed) => Located::Ram(sealed.bytes(&location).to_vec()),
+            SlotState::Unwritten(sealed) => Located::Ram(sealed.entry(fingerprint, &location)),
             SlotState::OnFlash | SlotState::Free => Located::Flash(location),
         })
     }
@@ -259,12 +263,22 @@ impl Core {
         (aligned, len as usize, skip)
     }
 
-    /// Reads the bytes at a flash `location` (blocking).
-    pub fn read_flash(&self, location: &Location) -> io::Result<Vec<u8>> {
+    /// Reads the bytes stored at a flash `location` (blocking): a split
+    /// frame's body alone.
+    pub fn read_stored(&self, location: &Location) -> io::Result<Vec<u8>> {
         let (offset, len, skip) = self.covering_range(location);
         let mut pages = AlignedBuf::new(len, PAGE);
         self.device.read_exact_at(pages.as_mut_slice(), offset)?;
         Ok(pages.as_slice()[skip..skip + location.len as usize].to_vec())
+    }
+
+    /// Reads entry `fingerprint` at a flash `location` (blocking), whole.
+    pub fn read_flash(
+        &self,
+        fingerprint: &Fingerprint,
+        location: &Location,
+    ) -> io::Result<Vec<u8>> {
+        Ok(location.entry_from(fingerprint, &self.read_stored(location)?))
     }
 
     /// The bytes of `fingerprint`, from RAM or flash (blocking); `None` if
@@ -273,7 +287,7 @@ impl Core {
         match self.locate(fingerprint) {
             None => Ok(None),
             Some(Located::Ram(bytes)) => Ok(Some(bytes)),
-            Some(Located::Flash(location)) => self.read_flash(&location).map(Some),
+            Some(Located::Flash(location)) => self.read_flash(fingerprint, &location).map(Some),
         }
     }
 

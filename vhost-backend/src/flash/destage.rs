@@ -330,13 +330,14 @@ fn read_segment_entries(
         slot: first.slot,
         offset: first.offset,
         len: last.offset + last.len - first.offset,
+        tail: None,
     };
-    let bytes = core.read_flash(&span).map_err(io)?;
+    let bytes = core.read_stored(&span).map_err(io)?;
     Ok(group
         .iter()
         .map(|(fp, l)| {
             let at = (l.offset - first.offset) as usize;
-            (*fp, bytes[at..at + l.len as usize].to_vec())
+            (*fp, l.entry_from(fp, &bytes[at..at + l.len as usize]))
         })
         .collect())
 }

@@ -36,7 +36,7 @@ use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
 use strata_common::frame::{FrameCodec, FrameError, FrameKeys};
 use strata_common::keys::{decode_key_file, DatastoreKeys, MasterKey};
 use strata_common::map::{MapError, NodeCache, NodeIdKey, VdiskMap};
-use strata_common::ondisk::{Superblock, PAGE};
+use strata_common::ondisk::{Superblock, PAGE, SUPERBLOCK_VERSION};
 
 pub use self::core::{Core, Located};
 use self::device::{FlashDevice, PageWriter};
@@ -259,19 +259,26 @@ impl FlashStore {
         let superblock = if fresh {
             let superblock = format_layout(config, device.len())
                 .with_context(|| format!("cannot format flash {flash}"))?;
-            let mut image = crate::engine::buffers::AlignedBuf::new(PAGE, PAGE);
-            image.as_mut_slice().copy_from_slice(&superblock.encode());
-            pages
-                .write_all_at(image.as_slice(), 0)
-                .and_then(|()| device.sync())
+            write_superblock(&mut pages, &device, &superblock)
                 .with_context(|| format!("cannot write the superblock of flash {flash}"))?;
             tracing::info!(%flash, segments = superblock.segment_count, segment_size = superblock.segment_size,
                 journal = superblock.journal_len, "formatted flash");
             superblock
         } else {
-            Superblock::decode(page0.as_slice()).with_context(|| {
-                format!("flash {flash} does not hold a Strata store (or it is damaged)")
-            })?
+            let (superblock, version) = Superblock::decode_versioned(page0.as_slice())
+                .with_context(|| {
+                    format!("flash {flash} does not hold a Strata store (or it is damaged)")
+                })?;
+            if version < SUPERBLOCK_VERSION {
+                // Before recovery can write a segment with split frames,
+                // which a strata-host reading this version would take for
+                // free space.
+                write_superblock(&mut pages, &device, &superblock)
+                    .with_context(|| format!("cannot upgrade the superblock of flash {flash}"))?;
+                tracing::info!(%flash, from = version, to = SUPERBLOCK_VERSION,
+                    "flash store format upgraded: older strata-host versions can no longer open it");
+            }
+            superblock
         };
         if superblock.datastore != config.datastore {
             bail!(
@@ -507,7 +514,12 @@ impl FlashStore {
         let state = self.shared.core.lock();
         fingerprints
             .iter()
-            .map(|fp| state.index.get(fp).map(|location| location.len))
+            .map(|fp| {
+                state
+                    .index
+                    .get(fp)
+                    .map(|location| location.entry_len() as u32)
+            })
             .collect()
     }
 
@@ -524,6 +536,18 @@ impl Drop for FlashStore {
 }
 
 /// Lays out a new store on `len` bytes of flash.
+/// Writes `superblock` as page 0 of `device` and syncs it.
+fn write_superblock(
+    pages: &mut PageWriter,
+    device: &FlashDevice,
+    superblock: &Superblock,
+) -> std::io::Result<()> {
+    let mut image = crate::engine::buffers::AlignedBuf::new(PAGE, PAGE);
+    image.as_mut_slice().copy_from_slice(&superblock.encode());
+    pages.write_all_at(image.as_slice(), 0)?;
+    device.sync()
+}
+
 fn format_layout(config: &FlashConfig, len: u64) -> anyhow::Result<Superblock> {
     const MIB: u64 = 1 << 20;
     let segment_size = u64::from(config.segment_size);

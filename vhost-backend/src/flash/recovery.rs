@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use rustc_hash::{FxHashMap, FxHashSet};
 use strata_common::fingerprint::{Fingerprint, BLOCK_SIZE};
-use strata_common::frame::verify_checksum;
+use strata_common::frame::{verify_checksum, SplitTail, SPLIT_TAIL_LEN};
 use strata_common::map::{MapError, Visit, Walk};
 use strata_common::ondisk::{
     decode_batch, decode_summary, BatchBuilder, BatchItem, Checkpoint, EntryKind, RecordKind,
@@ -495,11 +495,15 @@ fn scan_segments(shared: &Shared) -> anyhow::Result<()> {
             continue;
         };
         let range = header.summary_range();
-        let first_page = range.start & !(PAGE - 1);
-        let mut pages = AlignedBuf::new(header.used_len() - first_page, PAGE);
-        core.device
-            .read_exact_at(pages.as_mut_slice(), offset + first_page as u64)
-            .with_context(|| format!("cannot read the summary of segment slot {slot}"))?;
+        let read_from = |first: usize| -> anyhow::Result<AlignedBuf> {
+            let mut pages = AlignedBuf::new(header.used_len() - first, PAGE);
+            core.device
+                .read_exact_at(pages.as_mut_slice(), offset + first as u64)
+                .with_context(|| format!("cannot read the summary of segment slot {slot}"))?;
+            Ok(pages)
+        };
+        let mut first_page = range.start & !(PAGE - 1);
+        let mut pages = read_from(first_page)?;
         let summary = &pages.as_slice()[range.start - first_page..range.end - first_page];
         let entries = match decode_summary(summary, &header) {
             Ok(entries) => entries,
@@ -508,7 +512,38 @@ fn scan_segments(shared: &Shared) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // Split frames' tails are written just before the summary.
+        let tails_start = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::FrameTail)
+            .map(|e| e.offset as usize & !(PAGE - 1))
+            .min();
+        if let Some(start) = tails_start.filter(|&start| start < first_page) {
+            first_page = start;
+            pages = read_from(first_page)?;
+        }
+        let tails: FxHashMap<Fingerprint, SplitTail> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::FrameTail)
+            .filter_map(|e| {
+                let at = (e.offset as usize).checked_sub(first_page)?;
+                let tail = pages.as_slice().get(at..at + SPLIT_TAIL_LEN)?;
+                Some((e.fingerprint, tail.try_into().ok()?))
+            })
+            .collect();
         for entry in entries {
+            let tail = match entry.kind {
+                EntryKind::FrameTail => continue,
+                EntryKind::FrameBody => match tails.get(&entry.fingerprint) {
+                    Some(tail) => Some(*tail),
+                    None => {
+                        tracing::warn!(slot, seq = header.seq, fingerprint = %entry.fingerprint,
+                            "a split frame without its tail; frame ignored");
+                        continue;
+                    }
+                },
+                EntryKind::Frame | EntryKind::MapNode => None,
+            };
             let newer = entry_seq
                 .get(&entry.fingerprint)
                 .is_none_or(|&s| s < header.seq);
@@ -520,6 +555,7 @@ fn scan_segments(shared: &Shared) -> anyhow::Result<()> {
                         slot,
                         offset: entry.offset,
                         len: entry.len,
+                        tail,
                     },
                 );
             }

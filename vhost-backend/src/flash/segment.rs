@@ -5,7 +5,12 @@
 //! [`PAGE`], then the summary (see `strata_common::ondisk::segment`). It is
 //! built whole in an aligned buffer so the flash sees one sequential write.
 
+use std::ops::Range;
+
 use strata_common::fingerprint::Fingerprint;
+use strata_common::frame::{
+    join_split, split_uncompressed, SplitTail, MAX_FRAME_LEN, SPLIT_TAIL_LEN,
+};
 use strata_common::ondisk::{
     encode_summary, round_up_page, EntryKind, SegmentHeader, SummaryEntry, PAGE, SUMMARY_ENTRY_LEN,
 };
@@ -19,17 +24,49 @@ pub struct Location {
     pub slot: u32,
     /// Byte offset from the slot's start.
     pub offset: u32,
-    /// Length in bytes.
+    /// Length in bytes of what is stored there.
     pub len: u32,
+    /// For an uncompressed frame stored split, its tag and checksum: the
+    /// range then holds only the frame's 4096 ciphertext bytes, on a page
+    /// boundary (see `strata_common::ondisk::segment`).
+    pub tail: Option<SplitTail>,
+}
+
+impl Location {
+    /// The whole entry, from the bytes stored at this location: the frame
+    /// rejoined when it is stored split.
+    pub fn entry_from(&self, fingerprint: &Fingerprint, stored: &[u8]) -> Vec<u8> {
+        match &self.tail {
+            Some(tail) => join_split(fingerprint, stored, tail),
+            None => stored.to_vec(),
+        }
+    }
+
+    /// Length of the whole entry.
+    pub fn entry_len(&self) -> usize {
+        match self.tail {
+            Some(_) => MAX_FRAME_LEN,
+            None => self.len as usize,
+        }
+    }
 }
 
 /// The segment being filled.
+///
+/// Small entries are packed one after another; the body of a split frame
+/// goes on the next page boundary, and the bytes that skips are kept as a
+/// hole later small entries fill. Tails are written at sealing, just
+/// before the summary.
 pub struct OpenSegment {
     slot: u32,
     seq: u64,
     buf: AlignedBuf,
     frames_end: usize,
+    /// Free bytes below `frames_end` that the last body's alignment left.
+    hole: Range<usize>,
     entries: Vec<SummaryEntry>,
+    /// Split frames whose tails are still to be written.
+    tails: Vec<(Fingerprint, SplitTail)>,
 }
 
 impl OpenSegment {
@@ -40,7 +77,9 @@ impl OpenSegment {
             seq,
             buf: AlignedBuf::new(size, PAGE),
             frames_end: PAGE,
+            hole: PAGE..PAGE,
             entries: Vec::new(),
+            tails: Vec::new(),
         }
     }
 
@@ -54,18 +93,71 @@ impl OpenSegment {
         self.entries.is_empty()
     }
 
-    /// Whether an entry of `len` bytes still fits, with its summary entry.
-    pub fn fits(&self, len: usize) -> bool {
-        self.frames_end + len + (self.entries.len() + 1) * SUMMARY_ENTRY_LEN
+    /// Whether `bytes`, appended as an entry of `kind`, still fit, with
+    /// their summary entries and tail.
+    pub fn fits(&self, kind: EntryKind, bytes: &[u8]) -> bool {
+        match split(kind, bytes) {
+            Some((body, _)) => self.ends_within(round_up_page(self.frames_end) + body.len(), 1),
+            None if bytes.len() <= self.hole.len() => self.ends_within(self.frames_end, 0),
+            None => self.ends_within(self.frames_end + bytes.len(), 0),
+        }
+    }
+
+    /// Whether about `len` more bytes of entries (their summary entries
+    /// counted in `len`) fit: an estimate, allowing a page for aligning a
+    /// split frame's body.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.ends_within(self.frames_end + PAGE + len, 0)
+    }
+
+    /// Whether a segment whose entries end at `end`, with `new_tails` more
+    /// split frames and one more summary entry, fits its slot.
+    fn ends_within(&self, end: usize, new_tails: usize) -> bool {
+        let tails = self.tails.len() + new_tails;
+        end + tails * (SPLIT_TAIL_LEN + SUMMARY_ENTRY_LEN)
+            + (self.entries.len() + 1) * SUMMARY_ENTRY_LEN
             <= self.buf.as_slice().len()
     }
 
-    /// Appends `bytes` as an entry of `kind` named `fingerprint`. The caller
-    /// checked [`OpenSegment::fits`].
+    /// Appends `bytes` as an entry of `kind` named `fingerprint`: an
+    /// uncompressed frame split, anything else whole. The caller checked
+    /// [`OpenSegment::fits`].
     pub fn append(&mut self, fingerprint: Fingerprint, kind: EntryKind, bytes: &[u8]) -> Location {
+        if let Some((body, tail)) = split(kind, bytes) {
+            let offset = round_up_page(self.frames_end);
+            if offset > self.frames_end {
+                self.hole = self.frames_end..offset;
+            }
+            self.frames_end = offset;
+            let mut location = self.place(fingerprint, EntryKind::FrameBody, body);
+            self.tails.push((fingerprint, tail));
+            location.tail = Some(tail);
+            return location;
+        }
+        if bytes.len() <= self.hole.len() {
+            let offset = self.hole.start;
+            self.hole.start += bytes.len();
+            return self.put(offset, fingerprint, kind, bytes);
+        }
+        self.place(fingerprint, kind, bytes)
+    }
+
+    /// Appends `bytes` at the end as an entry of `kind`.
+    fn place(&mut self, fingerprint: Fingerprint, kind: EntryKind, bytes: &[u8]) -> Location {
         let offset = self.frames_end;
-        self.buf.as_mut_slice()[offset..offset + bytes.len()].copy_from_slice(bytes);
         self.frames_end += bytes.len();
+        self.put(offset, fingerprint, kind, bytes)
+    }
+
+    /// Writes `bytes` at `offset` as an entry of `kind`.
+    fn put(
+        &mut self,
+        offset: usize,
+        fingerprint: Fingerprint,
+        kind: EntryKind,
+        bytes: &[u8],
+    ) -> Location {
+        self.buf.as_mut_slice()[offset..offset + bytes.len()].copy_from_slice(bytes);
         // Offsets and lengths fit u32: a slot is at most u32::MAX bytes.
         let entry = SummaryEntry {
             fingerprint,
@@ -78,17 +170,21 @@ impl OpenSegment {
             slot: self.slot,
             offset: entry.offset,
             len: entry.len,
+            tail: None,
         }
     }
 
-    /// The bytes at `location`, if it is in this segment.
-    pub fn bytes(&self, location: &Location) -> Option<&[u8]> {
-        (location.slot == self.slot).then(|| range(self.buf.as_slice(), location))
+    /// The whole entry `fingerprint` at `location`, if it is in this segment.
+    pub fn entry(&self, fingerprint: &Fingerprint, location: &Location) -> Option<Vec<u8>> {
+        (location.slot == self.slot).then(|| entry(self.buf.as_slice(), fingerprint, location))
     }
 
-    /// Writes the summary and header into the buffer: the segment is ready
-    /// for its one write.
+    /// Writes the tails, the summary and the header into the buffer: the
+    /// segment is ready for its one write.
     pub fn seal(mut self, store_id: &[u8; 16]) -> SealedSegment {
+        for (fingerprint, tail) in std::mem::take(&mut self.tails) {
+            self.place(fingerprint, EntryKind::FrameTail, &tail);
+        }
         let mut summary = Vec::with_capacity(self.entries.len() * SUMMARY_ENTRY_LEN);
         encode_summary(&self.entries, &mut summary);
         let header = SegmentHeader {
@@ -124,13 +220,160 @@ impl SealedSegment {
         &self.buf.as_slice()[..self.used]
     }
 
-    /// The bytes at `location` (which must be in this segment).
-    pub fn bytes(&self, location: &Location) -> &[u8] {
-        range(self.buf.as_slice(), location)
+    /// The whole entry `fingerprint` at `location` (which must be in this
+    /// segment).
+    pub fn entry(&self, fingerprint: &Fingerprint, location: &Location) -> Vec<u8> {
+        entry(self.buf.as_slice(), fingerprint, location)
     }
 }
 
-fn range<'a>(buf: &'a [u8], location: &Location) -> &'a [u8] {
+/// An uncompressed frame appended as a frame, taken apart for storing split.
+fn split(kind: EntryKind, bytes: &[u8]) -> Option<(&[u8], SplitTail)> {
+    (kind == EntryKind::Frame)
+        .then(|| split_uncompressed(bytes))
+        .flatten()
+}
+
+fn entry(buf: &[u8], fingerprint: &Fingerprint, location: &Location) -> Vec<u8> {
     let start = location.offset as usize;
-    &buf[start..start + location.len as usize]
+    location.entry_from(fingerprint, &buf[start..start + location.len as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use strata_common::fingerprint::BLOCK_SIZE;
+    use strata_common::frame::{Encoded, FrameCodec, FrameKeys};
+    use strata_common::ondisk::{decode_summary, SEGMENT_HEADER_LEN};
+
+    const STORE: [u8; 16] = [7; 16];
+    const SIZE: usize = 16 * PAGE;
+
+    /// A frame of a block that compresses (`text`) or does not.
+    fn frame(codec: &FrameCodec, seed: u32, text: bool) -> (Fingerprint, Vec<u8>) {
+        let mut block = [0u8; BLOCK_SIZE];
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        for (i, b) in block.iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = if text {
+                b"strata "[i % 7] ^ (seed as u8 & 1)
+            } else {
+                x as u8
+            };
+        }
+        if text {
+            block[..4].copy_from_slice(&seed.to_le_bytes());
+        }
+        let mut out = Vec::new();
+        match codec.encode(&block, &mut out) {
+            Ok(Encoded::Frame(fp)) => (fp, out),
+            other => panic!("not a frame: {other:?}"),
+        }
+    }
+
+    /// Appends while they fit, seals, and checks that the sealed image
+    /// decodes and gives every entry back, whole, from RAM and from its
+    /// stored bytes.
+    fn fill_and_check(kinds: &[u8]) {
+        let codec = FrameCodec::new(&FrameKeys {
+            data_key: [1; 32],
+            dedupe_key: [2; 32],
+        });
+        let mut open = OpenSegment::new(3, 9, SIZE);
+        let mut placed = Vec::new();
+        for (i, k) in kinds.iter().cycle().take(200).enumerate() {
+            let (fp, bytes, kind) = match k % 3 {
+                0 => {
+                    let (fp, f) = frame(&codec, i as u32, false);
+                    (fp, f, EntryKind::Frame)
+                }
+                1 => {
+                    let (fp, f) = frame(&codec, i as u32, true);
+                    (fp, f, EntryKind::Frame)
+                }
+                _ => {
+                    let len = 100 + usize::from(*k) * 13;
+                    let mut id = [0u8; 32];
+                    id[..4].copy_from_slice(&(i as u32).to_le_bytes());
+                    id[31] = 0xaa;
+                    (
+                        Fingerprint::from_bytes(id),
+                        vec![*k; len],
+                        EntryKind::MapNode,
+                    )
+                }
+            };
+            if !open.fits(kind, &bytes) {
+                break;
+            }
+            let location = open.append(fp, kind, &bytes);
+            let uncompressed = kind == EntryKind::Frame && bytes.len() == MAX_FRAME_LEN;
+            assert_eq!(location.tail.is_some(), uncompressed);
+            if uncompressed {
+                assert_eq!(
+                    location.offset as usize % PAGE,
+                    0,
+                    "a body off a page boundary"
+                );
+                assert_eq!(location.len as usize, BLOCK_SIZE);
+            }
+            assert_eq!(open.entry(&fp, &location).as_deref(), Some(&bytes[..]));
+            placed.push((fp, bytes, location));
+        }
+        assert!(!placed.is_empty());
+        let sealed = open.seal(&STORE);
+        let image = sealed.image();
+        assert!(image.len() <= SIZE);
+        let header = SegmentHeader::decode(&image[..SEGMENT_HEADER_LEN], &STORE, SIZE as u32)
+            .expect("the sealed header decodes");
+        let entries = decode_summary(&image[header.summary_range()], &header)
+            .expect("the sealed summary decodes");
+        // No two entries overlap.
+        let mut ranges: Vec<_> = entries
+            .iter()
+            .map(|e| (e.offset, e.offset + e.len))
+            .collect();
+        ranges.sort_unstable();
+        assert!(
+            ranges.windows(2).all(|w| w[0].1 <= w[1].0),
+            "entries overlap"
+        );
+        for (fp, bytes, location) in &placed {
+            assert_eq!(&sealed.entry(fp, location), bytes);
+            let at = location.offset as usize;
+            let stored = &image[at..at + location.len as usize];
+            assert_eq!(&location.entry_from(fp, stored), bytes);
+            if let Some(tail) = location.tail {
+                let tail_entry = entries
+                    .iter()
+                    .find(|e| e.kind == EntryKind::FrameTail && e.fingerprint == *fp)
+                    .expect("every body has its tail in the summary");
+                let t = tail_entry.offset as usize;
+                assert_eq!(&image[t..t + SPLIT_TAIL_LEN], &tail[..]);
+            }
+        }
+        assert_eq!(
+            entries.len(),
+            placed.len() + placed.iter().filter(|p| p.2.tail.is_some()).count()
+        );
+    }
+
+    #[test]
+    fn split_frames_pack_with_whole_entries_and_seal_within_the_slot() {
+        fill_and_check(&[0]);
+        fill_and_check(&[1]);
+        fill_and_check(&[0, 1]);
+        fill_and_check(&[1, 2, 0, 0, 1]);
+        fill_and_check(&[2, 0, 2, 1, 1, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_mix_of_entries_fills_and_seals_soundly(kinds in proptest::collection::vec(any::<u8>(), 1..40)) {
+            fill_and_check(&kinds);
+        }
+    }
 }

@@ -339,7 +339,7 @@ impl StoreVdisk {
                 return Err(StoreError::Failed(reason.clone()));
             }
             let slots_ok = state.free.len() >= RESERVED_SLOTS
-                || state.open.as_ref().is_some_and(|o| o.fits(frame_bytes));
+                || state.open.as_ref().is_some_and(|o| o.has_room(frame_bytes));
             if slots_ok
                 && state.unwritten.len() < MAX_UNWRITTEN_SEGMENTS
                 && state.batch.len() < MAX_BATCH_BYTES

@@ -409,18 +409,22 @@ impl Daemon {
     /// with its disk, or a VM moved to a new host), and starts a fresh one
     /// on the same pool; returns once its sockets are back.
     pub fn kill_and_restart_on_empty_flash(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaping the killed daemon");
-        fs::remove_file(self._dir.path().join("flash.img")).expect("deleting the flash");
-        self.relaunch();
+        self.kill_edit_and_restart(|flash| fs::remove_file(flash).expect("deleting the flash"));
     }
 
     /// Kills the daemon with SIGKILL (no chance to finish anything) and
     /// starts it again on the same images or flash store, with the same
     /// flags; returns once its sockets are back.
     pub fn kill_and_restart(&mut self) {
+        self.kill_edit_and_restart(|_| {});
+    }
+
+    /// [`Daemon::kill_and_restart`], calling `edit` with the flash file's
+    /// path while no daemon runs.
+    pub fn kill_edit_and_restart(&mut self, edit: impl FnOnce(&Path)) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaping the killed daemon");
+        edit(&self.flash_path());
         self.relaunch();
     }
 
