@@ -138,7 +138,7 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
                 continue;
             }
             if live.contains(fp) || touched.is_some_and(|t| t.contains(fp)) {
-                *live_bytes.entry(location.slot).or_default() += u64::from(location.len);
+                *live_bytes.entry(location.slot).or_default() += location.flash_len();
             }
         }
         let size = u64::from(core.superblock.segment_size);
@@ -156,14 +156,20 @@ fn clean_tracked(shared: &Shared) -> Result<CycleReport, StoreError> {
         candidates.sort_unstable();
         let want = (state.slots.len() * TARGET_FREE_PERCENT / 100).saturating_sub(state.free.len());
         // Each victim's live bytes need room in new segments; stop when the
-        // copies would use more than is free.
+        // copies would use more than is free. Its split frames' bodies are
+        // copied first, so its copies skip to a page boundary at most twice;
+        // a victim with nothing live needs no room at all.
         let mut budget = (state.free.len() as u64).saturating_sub(1) * size;
         let mut victims = Vec::new();
         for (bytes, slot) in candidates {
-            if victims.len() >= want.max(1) || bytes > budget {
+            let room = match bytes {
+                0 => 0,
+                bytes => bytes + 2 * PAGE as u64,
+            };
+            if victims.len() >= want.max(1) || room > budget {
                 break;
             }
-            budget -= bytes;
+            budget -= room;
             victims.push(slot);
         }
         victims
@@ -252,8 +258,12 @@ fn evacuate(
             core.slot_offset(slot) + PAGE as u64,
         )
         .map_err(io)?;
-    let entries = decode_summary(&image.as_slice()[header.summary_range()], &header)
+    let mut entries = decode_summary(&image.as_slice()[header.summary_range()], &header)
         .map_err(|_| StoreError::Internal("a segment to clean has a damaged summary"))?;
+    // Bodies first: copied one after another they need no alignment, and
+    // the small entries after them at most one skip (the budget counts on
+    // it).
+    entries.sort_by_key(|e| e.kind != EntryKind::FrameBody);
 
     let mut done = Evacuated::default();
     let mut state = core.lock();

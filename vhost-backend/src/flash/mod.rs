@@ -256,29 +256,18 @@ impl FlashStore {
         if pool.is_some() && !(created || blank) {
             tracing::info!(%flash, "host flash is a cache of the pool: formatting it afresh");
         }
-        let superblock = if fresh {
+        let (superblock, version) = if fresh {
             let superblock = format_layout(config, device.len())
                 .with_context(|| format!("cannot format flash {flash}"))?;
             write_superblock(&mut pages, &device, &superblock)
                 .with_context(|| format!("cannot write the superblock of flash {flash}"))?;
             tracing::info!(%flash, segments = superblock.segment_count, segment_size = superblock.segment_size,
                 journal = superblock.journal_len, "formatted flash");
-            superblock
+            (superblock, SUPERBLOCK_VERSION)
         } else {
-            let (superblock, version) = Superblock::decode_versioned(page0.as_slice())
-                .with_context(|| {
-                    format!("flash {flash} does not hold a Strata store (or it is damaged)")
-                })?;
-            if version < SUPERBLOCK_VERSION {
-                // Before recovery can write a segment with split frames,
-                // which a strata-host reading this version would take for
-                // free space.
-                write_superblock(&mut pages, &device, &superblock)
-                    .with_context(|| format!("cannot upgrade the superblock of flash {flash}"))?;
-                tracing::info!(%flash, from = version, to = SUPERBLOCK_VERSION,
-                    "flash store format upgraded: older strata-host versions can no longer open it");
-            }
-            superblock
+            Superblock::decode_versioned(page0.as_slice()).with_context(|| {
+                format!("flash {flash} does not hold a Strata store (or it is damaged)")
+            })?
         };
         if superblock.datastore != config.datastore {
             bail!(
@@ -286,6 +275,14 @@ impl FlashStore {
                 superblock.datastore,
                 config.datastore
             );
+        }
+        if version < SUPERBLOCK_VERSION {
+            // Before recovery can write a segment with split frames, which
+            // a strata-host reading this version would take for free space.
+            write_superblock(&mut pages, &device, &superblock)
+                .with_context(|| format!("cannot upgrade the superblock of flash {flash}"))?;
+            tracing::info!(%flash, from = version, to = SUPERBLOCK_VERSION,
+                "flash store format upgraded: older strata-host versions can no longer open it");
         }
         let core = Arc::new(Core {
             device,
@@ -535,7 +532,6 @@ impl Drop for FlashStore {
     }
 }
 
-/// Lays out a new store on `len` bytes of flash.
 /// Writes `superblock` as page 0 of `device` and syncs it.
 fn write_superblock(
     pages: &mut PageWriter,
@@ -548,6 +544,7 @@ fn write_superblock(
     device.sync()
 }
 
+/// Lays out a new store on `len` bytes of flash.
 fn format_layout(config: &FlashConfig, len: u64) -> anyhow::Result<Superblock> {
     const MIB: u64 = 1 << 20;
     let segment_size = u64::from(config.segment_size);

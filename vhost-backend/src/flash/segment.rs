@@ -49,6 +49,49 @@ impl Location {
             None => self.len as usize,
         }
     }
+
+    /// Bytes the entry takes in its segment, its summary entries (and tail)
+    /// included; not the alignment a body may have skipped.
+    pub fn flash_len(&self) -> u64 {
+        let tail = match self.tail {
+            Some(_) => SPLIT_TAIL_LEN + SUMMARY_ENTRY_LEN,
+            None => 0,
+        };
+        u64::from(self.len) + (SUMMARY_ENTRY_LEN + tail) as u64
+    }
+}
+
+/// The most room an entry of `len` bytes can take in an open segment: with
+/// its summary entry and, for an uncompressed frame, which is stored split,
+/// its tail and what its body may skip to a page boundary.
+pub fn worst_case_room(len: usize) -> usize {
+    let split = match len {
+        MAX_FRAME_LEN => MAX_SPLIT_SKIP + SPLIT_TAIL_LEN + SUMMARY_ENTRY_LEN,
+        _ => 0,
+    };
+    len + SUMMARY_ENTRY_LEN + split
+}
+
+/// The most bytes a split frame's body skips to reach a page boundary:
+/// when more would be skipped (small entries came before it), the frame is
+/// stored whole, taking no more flash than before split frames existed.
+/// Whole frames shift the end by 72 bytes each, so frames are split again
+/// within a few dozen. A split frame thus costs at most a quarter page of
+/// flash more than a whole one, and later small entries may fill even that.
+pub const MAX_SPLIT_SKIP: usize = PAGE / 4;
+
+/// Where an entry goes in the open segment.
+enum Placement<'a> {
+    /// An uncompressed frame, split: its body at `offset`, a page boundary.
+    Split {
+        offset: usize,
+        body: &'a [u8],
+        tail: SplitTail,
+    },
+    /// Whole, in the hole a body's alignment left.
+    Hole,
+    /// Whole, at the end.
+    End,
 }
 
 /// The segment being filled.
@@ -96,18 +139,32 @@ impl OpenSegment {
     /// Whether `bytes`, appended as an entry of `kind`, still fit, with
     /// their summary entries and tail.
     pub fn fits(&self, kind: EntryKind, bytes: &[u8]) -> bool {
-        match split(kind, bytes) {
-            Some((body, _)) => self.ends_within(round_up_page(self.frames_end) + body.len(), 1),
-            None if bytes.len() <= self.hole.len() => self.ends_within(self.frames_end, 0),
-            None => self.ends_within(self.frames_end + bytes.len(), 0),
+        match self.placement(kind, bytes) {
+            Placement::Split { offset, body, .. } => self.ends_within(offset + body.len(), 1),
+            Placement::Hole => self.ends_within(self.frames_end, 0),
+            Placement::End => self.ends_within(self.frames_end + bytes.len(), 0),
         }
     }
 
-    /// Whether about `len` more bytes of entries (their summary entries
-    /// counted in `len`) fit: an estimate, allowing a page for aligning a
-    /// split frame's body.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.ends_within(self.frames_end + PAGE + len, 0)
+    /// Where `bytes`, an entry of `kind`, go. An uncompressed frame is split
+    /// if its body skips at most [`MAX_SPLIT_SKIP`] bytes to the next page
+    /// boundary, else stored whole like any other entry: in the hole if it
+    /// fits there, else at the end.
+    fn placement<'a>(&self, kind: EntryKind, bytes: &'a [u8]) -> Placement<'a> {
+        let offset = round_up_page(self.frames_end);
+        match split(kind, bytes) {
+            Some((body, tail)) if offset - self.frames_end <= MAX_SPLIT_SKIP => {
+                Placement::Split { offset, body, tail }
+            }
+            _ if bytes.len() <= self.hole.len() => Placement::Hole,
+            _ => Placement::End,
+        }
+    }
+
+    /// Whether entries needing `room` bytes at most (the sum of their
+    /// [`worst_case_room`]) still fit.
+    pub fn has_room(&self, room: usize) -> bool {
+        self.ends_within(self.frames_end + room, 0)
     }
 
     /// Whether a segment whose entries end at `end`, with `new_tails` more
@@ -123,23 +180,24 @@ impl OpenSegment {
     /// uncompressed frame split, anything else whole. The caller checked
     /// [`OpenSegment::fits`].
     pub fn append(&mut self, fingerprint: Fingerprint, kind: EntryKind, bytes: &[u8]) -> Location {
-        if let Some((body, tail)) = split(kind, bytes) {
-            let offset = round_up_page(self.frames_end);
-            if offset > self.frames_end {
-                self.hole = self.frames_end..offset;
+        match self.placement(kind, bytes) {
+            Placement::Split { offset, body, tail } => {
+                if offset > self.frames_end {
+                    self.hole = self.frames_end..offset;
+                }
+                self.frames_end = offset;
+                let mut location = self.place(fingerprint, EntryKind::FrameBody, body);
+                self.tails.push((fingerprint, tail));
+                location.tail = Some(tail);
+                location
             }
-            self.frames_end = offset;
-            let mut location = self.place(fingerprint, EntryKind::FrameBody, body);
-            self.tails.push((fingerprint, tail));
-            location.tail = Some(tail);
-            return location;
+            Placement::Hole => {
+                let offset = self.hole.start;
+                self.hole.start += bytes.len();
+                self.put(offset, fingerprint, kind, bytes)
+            }
+            Placement::End => self.place(fingerprint, kind, bytes),
         }
-        if bytes.len() <= self.hole.len() {
-            let offset = self.hole.start;
-            self.hole.start += bytes.len();
-            return self.put(offset, fingerprint, kind, bytes);
-        }
-        self.place(fingerprint, kind, bytes)
     }
 
     /// Appends `bytes` at the end as an entry of `kind`.
@@ -311,14 +369,16 @@ mod tests {
             }
             let location = open.append(fp, kind, &bytes);
             let uncompressed = kind == EntryKind::Frame && bytes.len() == MAX_FRAME_LEN;
-            assert_eq!(location.tail.is_some(), uncompressed);
-            if uncompressed {
+            if location.tail.is_some() {
+                assert!(uncompressed, "only uncompressed frames split");
                 assert_eq!(
                     location.offset as usize % PAGE,
                     0,
                     "a body off a page boundary"
                 );
                 assert_eq!(location.len as usize, BLOCK_SIZE);
+            } else if kinds.iter().all(|k| k % 3 == 0) {
+                panic!("uncompressed frames back to back must all split");
             }
             assert_eq!(open.entry(&fp, &location).as_deref(), Some(&bytes[..]));
             placed.push((fp, bytes, location));
@@ -355,9 +415,15 @@ mod tests {
                 assert_eq!(&image[t..t + SPLIT_TAIL_LEN], &tail[..]);
             }
         }
-        assert_eq!(
-            entries.len(),
-            placed.len() + placed.iter().filter(|p| p.2.tail.is_some()).count()
+        let splits = placed.iter().filter(|p| p.2.tail.is_some()).count();
+        assert_eq!(entries.len(), placed.len() + splits);
+        // Against the same entries stored whole, splitting costs at most a
+        // quarter page per split frame.
+        let whole: usize = placed.iter().map(|p| p.1.len() + SUMMARY_ENTRY_LEN).sum();
+        let used = header.frames_len as usize + entries.len() * SUMMARY_ENTRY_LEN;
+        assert!(
+            used <= whole + splits * (PAGE / 4),
+            "{used} bytes where whole entries take {whole}, with {splits} split"
         );
     }
 

@@ -10,6 +10,7 @@ use strata_common::map::{MapError, NodeIdKey, NodeStore, VdiskMap, FANOUT};
 use strata_common::ondisk::EntryKind;
 
 use super::core::{Core, MAX_BATCH_BYTES, MAX_UNWRITTEN_SEGMENTS, RESERVED_SLOTS};
+use super::segment::worst_case_room;
 use super::StoreError;
 
 /// Requests with at least this many blocks fingerprint and encode them on
@@ -219,10 +220,9 @@ impl StoreVdisk {
             .dedupe_hits
             .fetch_add(hits as u64, std::sync::atomic::Ordering::Relaxed);
 
-        // Each frame also takes a summary entry.
         let frame_bytes = frames
             .iter()
-            .map(|(_, frame)| frame.len() + strata_common::ondisk::SUMMARY_ENTRY_LEN)
+            .map(|(_, frame)| worst_case_room(frame.len()))
             .sum();
         self.wait_for_room(frame_bytes)?;
         // The map lock spans the append, the map change and the journal
@@ -297,7 +297,7 @@ impl StoreVdisk {
         // Room for them all, as for a write (the cleaner evicts what the
         // pool holds to make it).
         let most = fps.iter().filter(|fp| !fp.is_zero()).count()
-            * (strata_common::frame::MAX_FRAME_LEN + strata_common::ondisk::SUMMARY_ENTRY_LEN);
+            * worst_case_room(strata_common::frame::MAX_FRAME_LEN);
         self.wait_for_room(most)?;
         self.core.fetch_from_pool(&fps, EntryKind::Frame, &check)
     }
@@ -327,10 +327,10 @@ impl StoreVdisk {
     }
 
     /// Back-pressure: waits while the flusher is behind.
-    /// `frame_bytes` is what the caller is about to append: it may dip
-    /// into the slots kept for the cleaner only if that fits in the open
-    /// segment (a request of many frames could otherwise take one slot
-    /// after another).
+    /// `frame_bytes` is the most room what the caller is about to append
+    /// can take ([`worst_case_room`]): it may dip into the slots kept for
+    /// the cleaner only if that fits in the open segment (a request of many
+    /// frames could otherwise take one slot after another).
     fn wait_for_room(&self, frame_bytes: usize) -> Result<(), StoreError> {
         let core = &*self.core;
         let mut state = core.lock();
