@@ -1969,23 +1969,8 @@ fn the_cleaner_reclaims_overwritten_data_on_a_small_flash() {
     }
     // 136 MiB of segments; 8 whole overwrites of a 32 MiB vdisk with unique
     // data are 256 MiB: without the cleaner the store fills up and writes fail.
-    let size = 32 * MIB;
-    let mut daemon = Daemon::start_with_args(
-        VdiskOptions::new(size).writethrough(),
-        &["--flash-size", "160M"],
-    );
-    let mut model = vec![0u8; size as usize];
     let mut rng = TestRng::new(0xc1ea);
-    for pass in 0..8 {
-        {
-            let mut client = Client::open(&daemon, 1);
-            overwrite_whole_disk(&daemon, client.q(), &mut rng, &mut model, 1);
-        }
-        if pass % 3 == 2 {
-            daemon.kill_and_restart();
-        }
-        check_after_crash(&daemon, &model, &[]);
-    }
+    overwrite_on_a_small_flash("160M", || rng.bytes(MIB as usize));
 }
 
 #[test]
@@ -2000,23 +1985,30 @@ fn the_cleaner_keeps_up_with_blocks_that_alternate_compressed_and_split() {
     // counts split frames' tails and alignment when it plans its copies,
     // must still free segments holding nothing live when only one slot is
     // free: on this small flash the store otherwise runs out of space.
+    let mut rng = TestRng::new(0xa17e);
+    overwrite_on_a_small_flash("100M", || {
+        let mut mib = rng.bytes(MIB as usize);
+        for block in mib.chunks_mut(8192) {
+            block[2048..4096].fill(0);
+        }
+        mib
+    });
+}
+
+/// Overwrites a 32 MiB writethrough vdisk on a flash of `flash_size` 8
+/// times with MiBs from `data`, killing and restarting strata-host after
+/// every third pass, and checks every byte after each pass.
+fn overwrite_on_a_small_flash(flash_size: &str, mut data: impl FnMut() -> Vec<u8>) {
     let size = 32 * MIB;
     let mut daemon = Daemon::start_with_args(
         VdiskOptions::new(size).writethrough(),
-        &["--flash-size", "100M"],
+        &["--flash-size", flash_size],
     );
     let mut model = vec![0u8; size as usize];
-    let mut rng = TestRng::new(0xa17e);
     for pass in 0..8 {
         {
             let mut client = Client::open(&daemon, 1);
-            overwrite_whole_disk_with(&daemon, client.q(), &mut model, 1, || {
-                let mut mib = rng.bytes(MIB as usize);
-                for block in mib.chunks_mut(8192) {
-                    block[2048..4096].fill(0);
-                }
-                mib
-            });
+            overwrite_whole_disk_with(&daemon, client.q(), &mut model, 1, &mut data);
         }
         if pass % 3 == 2 {
             daemon.kill_and_restart();
