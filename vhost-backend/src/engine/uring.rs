@@ -14,8 +14,23 @@ use super::{BlockOp, Completion, EngineQueue, IoBuf};
 
 /// Submission queue entries per ring; more in flight simply waits its turn.
 const RING_ENTRIES: u32 = 256;
-/// The image's index in the ring's registered file table.
-const IMAGE: types::Fixed = types::Fixed(0);
+/// The file's index in a queue ring's registered file table.
+pub(super) const QUEUE_FILE: types::Fixed = types::Fixed(0);
+/// The image, for the raw queue.
+const IMAGE: types::Fixed = QUEUE_FILE;
+
+/// A queue thread's ring of `entries`: `file` registered as
+/// [`QUEUE_FILE`], completions announced on `eventfd`.
+///
+/// Not `SINGLE_ISSUER`: the ring is made on the serving thread and drained
+/// from the vhost-user thread. `COOP_TASKRUN` was measured and made no
+/// difference (docs/BENCHMARKS.md, ninth session).
+pub(super) fn queue_ring(entries: u32, file: RawFd, eventfd: RawFd) -> io::Result<IoUring> {
+    let ring = IoUring::new(entries)?;
+    ring.submitter().register_files(&[file])?;
+    ring.submitter().register_eventfd(eventfd)?;
+    Ok(ring)
+}
 
 /// What an operation in flight needs kept alive or done on completion.
 #[derive(Default)]
@@ -53,12 +68,8 @@ pub struct UringQueue {
 impl UringQueue {
     /// Sets up a ring on `file`, whose I/O must be aligned to `align`.
     pub fn new(file: Arc<File>, align: usize) -> io::Result<Self> {
-        // Not SINGLE_ISSUER: the ring is made on the serving thread, used by
-        // the queue thread and drained from the vhost-user thread.
-        let ring = IoUring::new(RING_ENTRIES)?;
-        ring.submitter().register_files(&[file.as_raw_fd()])?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let ring = queue_ring(RING_ENTRIES, file.as_raw_fd(), eventfd.as_raw_fd())?;
         Ok(UringQueue {
             ring,
             _file: file,

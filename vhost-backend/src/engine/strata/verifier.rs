@@ -20,6 +20,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use strata_common::fingerprint::BLOCK_SIZE;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{BlockReader, FlashRead};
@@ -128,12 +129,13 @@ impl Drop for VerifyHelper {
 /// The helper thread: verifies each batch it is handed and gives it back,
 /// until the queue drops its end of the channel.
 fn verify_jobs(queue: &Receiver<Vec<FlashRead>>, finished: &Finished, reader: &BlockReader) {
+    let mut block = Box::new([0; BLOCK_SIZE]);
     while let Ok(mut reads) = queue.recv() {
         for read in &mut reads {
             // A bug that panics in one read must not take the batch with
             // it: the queue would wait for those reads for ever.
             let verified = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                reader.verify(read);
+                reader.verify(read, &mut block);
             }));
             if verified.is_err() {
                 tracing::error!(
