@@ -41,6 +41,10 @@ pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
 pub type Vring = VringRwLock<GuestMemAtomic>;
 /// Largest queue size a driver may choose.
 pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Most requests started before they are submitted together.
+const SUBMIT_BATCH: usize = 4;
+/// Requests in flight from which new ones are submitted in batches.
+const BATCH_FROM_IN_FLIGHT: usize = 8;
 
 /// A request between pop and completion.
 #[derive(Default)]
@@ -181,6 +185,7 @@ impl QueueWorker {
 
     fn pop_all(&mut self, vring: &Vring) {
         let queue_size = vring.get_ref().get_queue().size();
+        let mut uncommitted = 0;
         while !self.stopped {
             let Some(slot) = self.take_slot() else {
                 // Unreachable in practice: a queue cannot hold more chains
@@ -199,9 +204,19 @@ impl QueueWorker {
             let head = chain.head_index();
             self.taken.push_back(slot);
             self.start(slot, head, chain.map(Descriptor::from), mem, queue_size);
-            // Start each request at once rather than one submission per
-            // kick: batching whole kicks makes the device see the queue in
-            // waves and cost a third of the IOPS at QD32 (docs/BENCHMARKS.md).
+            uncommitted += 1;
+            // Submit at once while the device has little to do; with many
+            // requests in flight, up to SUBMIT_BATCH requests share one
+            // submission. Batching whole kicks made the device see the
+            // queue in waves and cost a third of the IOPS at QD32, while
+            // one submission per request spends the queue thread's CPU on
+            // system calls and device notifications (docs/BENCHMARKS.md).
+            if uncommitted >= SUBMIT_BATCH || self.taken.len() < BATCH_FROM_IN_FLIGHT {
+                self.commit();
+                uncommitted = 0;
+            }
+        }
+        if uncommitted > 0 {
             self.commit();
         }
     }
